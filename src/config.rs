@@ -1,0 +1,321 @@
+//! Configuration: every `ROOMCAST_*` variable, parsed once before the runtime starts.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub const ENV_ADDR: &str = "ROOMCAST_ADDR";
+pub const ENV_REDIS_URL: &str = "ROOMCAST_REDIS_URL";
+/// Accepted when `ROOMCAST_REDIS_URL` is unset: the name most compose files already use.
+pub const ENV_REDIS_URL_FALLBACK: &str = "REDIS_URL";
+pub const ENV_WORKERS: &str = "ROOMCAST_WORKERS";
+pub const ENV_SHUTDOWN_DELAY_MS: &str = "ROOMCAST_SHUTDOWN_DELAY_MS";
+pub const ENV_DRAIN_DEADLINE_MS: &str = "ROOMCAST_DRAIN_DEADLINE_MS";
+pub const ENV_HEARTBEAT_MS: &str = "ROOMCAST_HEARTBEAT_MS";
+pub const ENV_PEER_TIMEOUT_MS: &str = "ROOMCAST_PEER_TIMEOUT_MS";
+pub const ENV_HEAD_TIMEOUT_MS: &str = "ROOMCAST_HEAD_TIMEOUT_MS";
+pub const ENV_MAX_CONNECTIONS: &str = "ROOMCAST_MAX_CONNECTIONS";
+pub const ENV_MAX_MESSAGE_BYTES: &str = "ROOMCAST_MAX_MESSAGE_BYTES";
+pub const ENV_SEND_QUEUE: &str = "ROOMCAST_SEND_QUEUE";
+pub const ENV_HISTORY: &str = "ROOMCAST_HISTORY";
+pub const ENV_ROOM_TTL_SECS: &str = "ROOMCAST_ROOM_TTL_SECS";
+pub const ENV_PUBLISH_QUEUE: &str = "ROOMCAST_PUBLISH_QUEUE";
+pub const ENV_ALLOWED_ORIGINS: &str = "ROOMCAST_ALLOWED_ORIGINS";
+pub const ENV_LOG: &str = "ROOMCAST_LOG";
+pub const ENV_ECHO: &str = "ROOMCAST_ECHO";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub addr: SocketAddr,
+    /// `None` runs the embedded in-process broker.
+    pub redis_url: Option<String>,
+    /// Runtime worker threads; 0 means one per core.
+    pub workers: usize,
+    /// How long `/readyz` answers 503 before the listener closes, so a proxy notices first.
+    pub shutdown_delay: Duration,
+    pub drain_deadline: Duration,
+    pub heartbeat: Duration,
+    pub peer_timeout: Duration,
+    pub head_timeout: Duration,
+    pub max_connections: usize,
+    pub max_message_bytes: usize,
+    pub send_queue: usize,
+    pub history: usize,
+    pub room_ttl: Duration,
+    pub publish_queue: usize,
+    /// Empty means any origin may open a WebSocket.
+    pub allowed_origins: Vec<String>,
+    pub log_level: LogLevel,
+    pub echo: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            addr: SocketAddr::from(([0, 0, 0, 0], 8000)),
+            redis_url: None,
+            workers: 0,
+            shutdown_delay: Duration::from_millis(1500),
+            drain_deadline: Duration::from_secs(5),
+            heartbeat: Duration::from_secs(20),
+            peer_timeout: Duration::from_secs(45),
+            head_timeout: Duration::from_secs(10),
+            max_connections: 20_000,
+            max_message_bytes: 64 * 1024,
+            send_queue: 256,
+            history: 1000,
+            room_ttl: Duration::from_secs(24 * 3600),
+            publish_queue: 1024,
+            allowed_origins: Vec::new(),
+            log_level: LogLevel::Info,
+            echo: false,
+        }
+    }
+}
+
+/// A bad value in one variable; the process exits with status 64.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.variable, self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads variables through `lookup`, so tests can pass a map instead of the environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let defaults = Config::default();
+        let source = Source { lookup: &lookup };
+        let config = Config {
+            addr: source.parse(ENV_ADDR, defaults.addr, |v| {
+                v.parse()
+                    .map_err(|_| "expected HOST:PORT, e.g. 0.0.0.0:8000".into())
+            })?,
+            redis_url: match source
+                .get(ENV_REDIS_URL)
+                .or_else(|| source.get(ENV_REDIS_URL_FALLBACK))
+            {
+                None => None,
+                Some(url) if url.starts_with("redis://") || url.starts_with("redis+unix://") => {
+                    Some(url)
+                }
+                Some(_) => {
+                    let variable = if source.get(ENV_REDIS_URL).is_some() {
+                        ENV_REDIS_URL
+                    } else {
+                        ENV_REDIS_URL_FALLBACK
+                    };
+                    return Err(ConfigError {
+                        variable,
+                        reason: "expected a redis:// URL".into(),
+                    });
+                }
+            },
+            workers: source.number(ENV_WORKERS, defaults.workers, 0..=256)?,
+            shutdown_delay: source.millis(ENV_SHUTDOWN_DELAY_MS, defaults.shutdown_delay, 0)?,
+            drain_deadline: source.millis(ENV_DRAIN_DEADLINE_MS, defaults.drain_deadline, 1)?,
+            heartbeat: source.millis(ENV_HEARTBEAT_MS, defaults.heartbeat, 10)?,
+            peer_timeout: source.millis(ENV_PEER_TIMEOUT_MS, defaults.peer_timeout, 10)?,
+            head_timeout: source.millis(ENV_HEAD_TIMEOUT_MS, defaults.head_timeout, 10)?,
+            max_connections: source.number(
+                ENV_MAX_CONNECTIONS,
+                defaults.max_connections,
+                1..=1_000_000,
+            )?,
+            max_message_bytes: source.number(
+                ENV_MAX_MESSAGE_BYTES,
+                defaults.max_message_bytes,
+                16..=64 * 1024 * 1024,
+            )?,
+            send_queue: source.number(ENV_SEND_QUEUE, defaults.send_queue, 1..=65_536)?,
+            history: source.number(ENV_HISTORY, defaults.history, 0..=1_000_000)?,
+            room_ttl: Duration::from_secs(source.number(
+                ENV_ROOM_TTL_SECS,
+                defaults.room_ttl.as_secs() as usize,
+                1..=365 * 24 * 3600,
+            )? as u64),
+            publish_queue: source.number(
+                ENV_PUBLISH_QUEUE,
+                defaults.publish_queue,
+                1..=1_000_000,
+            )?,
+            allowed_origins: source.parse(ENV_ALLOWED_ORIGINS, Vec::new(), |v| {
+                Ok(v.split(',')
+                    .map(str::trim)
+                    .filter(|o| !o.is_empty())
+                    .map(String::from)
+                    .collect())
+            })?,
+            log_level: source.parse(ENV_LOG, defaults.log_level, |v| match v {
+                "error" => Ok(LogLevel::Error),
+                "warn" => Ok(LogLevel::Warn),
+                "info" => Ok(LogLevel::Info),
+                "debug" => Ok(LogLevel::Debug),
+                _ => Err("expected error, warn, info or debug".into()),
+            })?,
+            echo: source.parse(ENV_ECHO, defaults.echo, |v| match v {
+                "1" | "true" => Ok(true),
+                "0" | "false" => Ok(false),
+                _ => Err("expected 0 or 1".into()),
+            })?,
+        };
+        if config.peer_timeout <= config.heartbeat {
+            return Err(ConfigError {
+                variable: ENV_PEER_TIMEOUT_MS,
+                reason: format!("must be longer than {ENV_HEARTBEAT_MS}"),
+            });
+        }
+        Ok(config)
+    }
+}
+
+struct Source<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Source<'_> {
+    /// A set but empty variable counts as unset, as compose writes `VAR=` for blanks.
+    fn get(&self, name: &str) -> Option<String> {
+        (self.lookup)(name).filter(|value| !value.trim().is_empty())
+    }
+
+    fn parse<T>(
+        &self,
+        name: &'static str,
+        default: T,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(value) => parse(value.trim()).map_err(|reason| ConfigError {
+                variable: name,
+                reason: format!("{reason} (got {value:?})"),
+            }),
+        }
+    }
+
+    fn number(
+        &self,
+        name: &'static str,
+        default: usize,
+        range: std::ops::RangeInclusive<usize>,
+    ) -> Result<usize, ConfigError> {
+        self.parse(name, default, |v| match v.parse::<usize>() {
+            Ok(n) if range.contains(&n) => Ok(n),
+            _ => Err(format!(
+                "expected a whole number from {} to {}",
+                range.start(),
+                range.end()
+            )),
+        })
+    }
+
+    fn millis(
+        &self,
+        name: &'static str,
+        default: Duration,
+        min: u64,
+    ) -> Result<Duration, ConfigError> {
+        self.parse(name, default, |v| match v.parse::<u64>() {
+            Ok(ms) if ms >= min && ms <= 86_400_000 => Ok(Duration::from_millis(ms)),
+            _ => Err(format!("expected milliseconds from {min} to 86400000")),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config_from(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_when_nothing_is_set() {
+        let config = config_from(&[]).unwrap();
+        assert_eq!(config.addr.to_string(), "0.0.0.0:8000");
+        assert_eq!(config.redis_url, None);
+        assert!(config.allowed_origins.is_empty());
+    }
+
+    #[test]
+    fn reads_every_kind_of_value() {
+        let config = config_from(&[
+            (ENV_ADDR, "127.0.0.1:9000"),
+            (ENV_REDIS_URL_FALLBACK, "redis://127.0.0.1:6379"),
+            (ENV_DRAIN_DEADLINE_MS, "2500"),
+            (ENV_ALLOWED_ORIGINS, "https://a.example, https://b.example"),
+            (ENV_LOG, "warn"),
+            (ENV_ECHO, "1"),
+        ])
+        .unwrap();
+        assert_eq!(config.addr.port(), 9000);
+        assert_eq!(config.redis_url.as_deref(), Some("redis://127.0.0.1:6379"));
+        assert_eq!(config.drain_deadline, Duration::from_millis(2500));
+        assert_eq!(
+            config.allowed_origins,
+            vec!["https://a.example", "https://b.example"]
+        );
+        assert_eq!(config.log_level, LogLevel::Warn);
+        assert!(config.echo);
+    }
+
+    #[test]
+    fn prefixed_redis_url_wins_over_the_plain_one() {
+        let config = config_from(&[
+            (ENV_REDIS_URL, "redis://primary:6379"),
+            (ENV_REDIS_URL_FALLBACK, "redis://other:6379"),
+        ])
+        .unwrap();
+        assert_eq!(config.redis_url.as_deref(), Some("redis://primary:6379"));
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        for (name, value) in [
+            (ENV_ADDR, "nowhere"),
+            (ENV_MAX_CONNECTIONS, "0"),
+            (ENV_MAX_CONNECTIONS, "-3"),
+            (ENV_HEARTBEAT_MS, "soon"),
+            (ENV_LOG, "loud"),
+            (ENV_REDIS_URL, "http://x"),
+        ] {
+            let error = config_from(&[(name, value)]).unwrap_err();
+            assert_eq!(error.variable, name, "{value}");
+            assert!(error.to_string().starts_with(name));
+        }
+    }
+
+    #[test]
+    fn peer_timeout_must_exceed_the_heartbeat() {
+        let error =
+            config_from(&[(ENV_HEARTBEAT_MS, "1000"), (ENV_PEER_TIMEOUT_MS, "1000")]).unwrap_err();
+        assert_eq!(error.variable, ENV_PEER_TIMEOUT_MS);
+    }
+}

@@ -1,0 +1,195 @@
+//! The accept loop, the connection cap, and shutdown in its fixed order under a deadline.
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, sleep, timeout};
+
+use crate::broker::Broker;
+use crate::broker::local::LocalBroker;
+use crate::config::Config;
+use crate::health::Health;
+use crate::http::{self, Endpoints};
+use crate::metrics::{self, Metrics};
+use crate::shutdown::{self, Shutdown};
+use crate::{log, session};
+
+/// What every connection task shares.
+pub struct Shared {
+    pub config: Config,
+    pub health: Health,
+    pub metrics: Arc<Metrics>,
+    pub broker: Broker,
+}
+
+/// Serves `listener` until `shutdown` resolves, then drains: the one entry point.
+///
+/// The order is fixed: `/readyz` turns 503 → keep serving for `shutdown_delay` so a proxy
+/// notices → stop accepting → every WebSocket gets close 1012 after what was already published
+/// → wait for the drain under `drain_deadline` → close the broker.
+pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future) -> io::Result<()> {
+    let addr = listener.local_addr()?;
+    let metrics = Arc::new(Metrics::default());
+    let broker = Broker::Local(LocalBroker::new(
+        config.history,
+        config.send_queue,
+        Arc::clone(&metrics),
+    ));
+    let shared = Arc::new(Shared {
+        config,
+        health: Health::default(),
+        metrics,
+        broker,
+    });
+    shared.health.set_broker_up(true);
+    shared.health.set_listening();
+    let (trigger, holder) = shutdown::channel();
+    let limit = Arc::new(Semaphore::new(shared.config.max_connections));
+    let acceptor = Acceptor {
+        listener,
+        shared: Arc::clone(&shared),
+        limit,
+        shutdown: holder,
+    };
+
+    let startup = crate::process_start().elapsed();
+    shared
+        .metrics
+        .startup_micros
+        .store(startup.as_micros() as u64, Ordering::Relaxed);
+    log::info(
+        "listening",
+        json!({ "addr": addr.to_string(), "startup_us": startup.as_micros() as u64, "broker": "embedded" }),
+    );
+
+    acceptor.accept_until(shutdown).await;
+    shared.health.start_draining();
+    let delay = shared.config.shutdown_delay;
+    log::info(
+        "draining",
+        json!({ "ready": false, "close_in_ms": delay.as_millis() as u64 }),
+    );
+    acceptor.accept_until(sleep(delay)).await;
+    drop(acceptor);
+
+    let drain_started = Instant::now();
+    let websockets = shared.metrics.websockets_open.load(Ordering::Relaxed);
+    trigger.start();
+    let deadline = shared.config.drain_deadline;
+    let drained = timeout(deadline, trigger.drained()).await.is_ok();
+    if !drained {
+        log::warn(
+            "drain deadline passed",
+            json!({ "deadline_ms": deadline.as_millis() as u64, "connections_left": trigger.remaining() }),
+        );
+    }
+    log::info(
+        "stopped",
+        json!({
+            "websockets_closed": websockets,
+            "drained": drained,
+            "drain_ms": drain_started.elapsed().as_millis() as u64,
+        }),
+    );
+    Ok(())
+}
+
+struct Acceptor {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    limit: Arc<Semaphore>,
+    /// Cloned into every connection task; the drain waits for all clones to drop.
+    shutdown: Shutdown,
+}
+
+impl Acceptor {
+    async fn accept_until(&self, until: impl Future) {
+        tokio::pin!(until);
+        let mut backoff = Duration::ZERO;
+        loop {
+            let accepted = tokio::select! {
+                _ = &mut until => return,
+                accepted = self.listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, _)) => {
+                    backoff = Duration::ZERO;
+                    self.admit(stream);
+                }
+                // Out of file descriptors and the like: wait for connections to close
+                // instead of spinning, and say so once per streak.
+                Err(error) => {
+                    if backoff.is_zero() {
+                        log::warn("accept failed", json!({ "error": error.to_string() }));
+                    }
+                    backoff = (backoff * 2).clamp(Duration::from_millis(5), Duration::from_secs(1));
+                    tokio::select! {
+                        _ = &mut until => return,
+                        _ = sleep(backoff) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn admit(&self, stream: TcpStream) {
+        let metrics = &self.shared.metrics;
+        metrics::bump(&metrics.connections_total);
+        match Arc::clone(&self.limit).try_acquire_owned() {
+            Ok(permit) => {
+                let shared = Arc::clone(&self.shared);
+                tokio::spawn(handle(stream, shared, self.shutdown.clone(), permit));
+            }
+            Err(_) => {
+                // No task for a refused connection: one non-blocking write, then close.
+                metrics::bump(&metrics.connections_rejected);
+                let _ = stream.try_write(http::BUSY);
+            }
+        }
+    }
+}
+
+async fn handle(
+    mut stream: TcpStream,
+    shared: Arc<Shared>,
+    mut shutdown: Shutdown,
+    permit: OwnedSemaphorePermit,
+) {
+    let _open = OpenConnection::new(&shared.metrics, permit);
+    let endpoints = Endpoints {
+        config: &shared.config,
+        health: &shared.health,
+        metrics: &shared.metrics,
+    };
+    if let Some(upgrade) = http::serve(&mut stream, &endpoints, &mut shutdown).await {
+        session::run(stream, upgrade, &shared, shutdown).await;
+    }
+}
+
+/// Counts a connection as open, and frees its slot under the cap, until dropped.
+struct OpenConnection<'a> {
+    metrics: &'a Metrics,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<'a> OpenConnection<'a> {
+    fn new(metrics: &'a Metrics, permit: OwnedSemaphorePermit) -> Self {
+        metrics::bump(&metrics.connections_open);
+        OpenConnection {
+            metrics,
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        metrics::drop_one(&self.metrics.connections_open);
+    }
+}

@@ -1,0 +1,364 @@
+//! One WebSocket: inbound frames, the room feed, heartbeat and shutdown, all in one `select!`.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::{Instant, MissedTickBehavior, interval_at, timeout};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use crate::broker::{Frame, Membership, Replay, Resume, Unavailable};
+use crate::config::Config;
+use crate::http::{Status, Target, Upgrade, error_response};
+use crate::metrics::{self, drop_one};
+use crate::protocol::{self, CLOSE_SLOW_READER};
+use crate::server::Shared;
+use crate::shutdown::Shutdown;
+
+/// How long to wait for the peer's close frame after sending ours.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// Frames written per flush, so one busy room cannot starve the rest of the loop.
+const MAX_BATCH: usize = 64;
+
+type Socket = WebSocketStream<TcpStream>;
+
+/// Runs an upgraded connection to its end.
+pub async fn run(mut stream: TcpStream, upgrade: Upgrade, shared: &Shared, shutdown: Shutdown) {
+    let Upgrade {
+        target,
+        extended,
+        leftover,
+        ..
+    } = &upgrade;
+    let (room, resume) = match target {
+        Target::Echo => {
+            if stream.write_all(&upgrade.response()).await.is_ok() {
+                let socket = open(stream, leftover.clone(), &shared.config).await;
+                track_open(shared, echo(socket, shared, shutdown)).await;
+            }
+            return;
+        }
+        Target::Chat { room, since, epoch } => (
+            room,
+            since.map(|since| Resume {
+                since,
+                epoch: epoch.clone(),
+            }),
+        ),
+    };
+    let extended = *extended || resume.is_some();
+    let membership = match shared.broker.join(room, resume).await {
+        Ok(membership) => membership,
+        Err(_) => {
+            let response = error_response(Status::ServiceUnavailable, "broker unavailable");
+            let _ = stream.write_all(&response).await;
+            return;
+        }
+    };
+    if stream.write_all(&upgrade.response()).await.is_err() {
+        return;
+    }
+    let socket = open(stream, leftover.clone(), &shared.config).await;
+    let session = ChatSession {
+        socket,
+        membership,
+        extended,
+        shared,
+        last_heard: Instant::now(),
+    };
+    track_open(shared, session.run(room, shutdown)).await;
+}
+
+async fn open(stream: TcpStream, leftover: Vec<u8>, config: &Config) -> Socket {
+    let _ = stream.set_nodelay(true);
+    // Small, lazily grown buffers: most chat connections are idle most of the time.
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(16 * 1024)
+        .max_write_buffer_size(4 * 1024 * 1024)
+        .max_message_size(Some(config.max_message_bytes))
+        .max_frame_size(Some(config.max_message_bytes));
+    WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(ws_config)).await
+}
+
+async fn track_open(shared: &Shared, session: impl Future<Output = ()>) {
+    metrics::bump(&shared.metrics.websockets_open);
+    session.await;
+    drop_one(&shared.metrics.websockets_open);
+}
+
+/// Why a chat session ends.
+enum Ending {
+    /// The peer closed, or the connection broke.
+    Gone,
+    Shutdown,
+    /// The peer sent nothing, not even a pong, for the peer timeout.
+    Silent,
+    /// Close with this code and reason.
+    Close(CloseCode, &'static str),
+}
+
+struct ChatSession<'a> {
+    socket: Socket,
+    membership: Membership,
+    extended: bool,
+    shared: &'a Shared,
+    last_heard: Instant,
+}
+
+impl ChatSession<'_> {
+    async fn run(mut self, room: &str, mut shutdown: Shutdown) {
+        if self.extended && self.greet(room).await.is_err() {
+            return;
+        }
+        let heartbeat = self.shared.config.heartbeat;
+        let mut ticks = interval_at(Instant::now() + heartbeat, heartbeat);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let ending = loop {
+            let step = tokio::select! {
+                _ = shutdown.signalled() => Some(Ending::Shutdown),
+                inbound = self.socket.next() => self.on_inbound(inbound).await,
+                frame = self.membership.feed.recv() => match frame {
+                    Some(frame) => self.deliver(frame).await,
+                    None => Some(Ending::Close(CloseCode::from(CLOSE_SLOW_READER), "too slow: resume with since")),
+                },
+                _ = ticks.tick() => self.on_tick().await,
+            };
+            if let Some(ending) = step {
+                break ending;
+            }
+        };
+        match ending {
+            Ending::Gone => {}
+            Ending::Silent => {
+                let _ = timeout(Duration::from_secs(1), self.socket.close(None)).await;
+            }
+            Ending::Shutdown => {
+                // Deliver what was published before the close, then keep taking the peer's
+                // in-flight messages until it answers the close.
+                while let Ok(frame) = self.membership.feed.try_recv() {
+                    if self.socket.feed(Message::Text(frame)).await.is_err() {
+                        return;
+                    }
+                }
+                self.close_and_wait(CloseCode::Restart, "server restart")
+                    .await;
+            }
+            Ending::Close(code, reason) => self.close_and_wait(code, reason).await,
+        }
+    }
+
+    /// The welcome frame, then what the resume asked for.
+    async fn greet(&mut self, room: &str) -> Result<(), WsError> {
+        let membership = &mut self.membership;
+        let welcome = protocol::welcome_frame(room, &membership.epoch, membership.seq);
+        self.socket.feed(Message::text(welcome)).await?;
+        let frames = match std::mem::take(&mut membership.replay) {
+            Replay::Nothing => Vec::new(),
+            Replay::Messages(frames) => frames,
+            Replay::Reset(reason, frames) => {
+                let reset = protocol::reset_frame(&membership.epoch, membership.seq, reason);
+                self.socket.feed(Message::text(reset)).await?;
+                frames
+            }
+        };
+        for frame in frames {
+            self.socket.feed(Message::Text(frame)).await?;
+        }
+        self.write_flush().await
+    }
+
+    async fn on_inbound(&mut self, inbound: Option<Result<Message, WsError>>) -> Option<Ending> {
+        self.last_heard = Instant::now();
+        let message = match inbound {
+            None => return Some(Ending::Gone),
+            Some(Ok(message)) => message,
+            Some(Err(error)) => return Some(ending_for(error, &self.shared.metrics)),
+        };
+        match message {
+            Message::Text(text) => self.on_text(text.as_str()).await,
+            Message::Binary(_) => {
+                metrics::bump(&self.shared.metrics.invalid_frames);
+                Some(Ending::Close(
+                    CloseCode::Unsupported,
+                    "binary frames are not accepted",
+                ))
+            }
+            // tungstenite answers pings itself and replies to a close before returning it.
+            Message::Close(_) => Some(self.finish_close().await),
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => None,
+        }
+    }
+
+    async fn on_text(&mut self, text: &str) -> Option<Ending> {
+        let metrics = &self.shared.metrics;
+        metrics::bump(&metrics.messages_in);
+        let error = match protocol::parse_chat(text) {
+            Ok(message) => match self.membership.publish(&message).await {
+                Ok(()) => return None,
+                Err(Unavailable) => {
+                    metrics::bump(&metrics.publish_errors);
+                    if !self.extended {
+                        return Some(Ending::Close(
+                            CloseCode::Again,
+                            "broker unavailable: message not sent",
+                        ));
+                    }
+                    protocol::error_frame("unavailable", "broker unavailable: message not sent")
+                }
+            },
+            Err(invalid) => {
+                metrics::bump(&metrics.invalid_frames);
+                if !self.extended {
+                    return Some(Ending::Close(CloseCode::Invalid, invalid.detail()));
+                }
+                protocol::error_frame(invalid.code(), invalid.detail())
+            }
+        };
+        match self.write_now(Message::text(error)).await {
+            Ok(()) => None,
+            Err(_) => Some(Ending::Gone),
+        }
+    }
+
+    /// Writes `first` and whatever else is already queued, then flushes once.
+    async fn deliver(&mut self, first: Frame) -> Option<Ending> {
+        if self.socket.feed(Message::Text(first)).await.is_err() {
+            return Some(Ending::Gone);
+        }
+        for _ in 1..MAX_BATCH {
+            let Ok(frame) = self.membership.feed.try_recv() else {
+                break;
+            };
+            if self.socket.feed(Message::Text(frame)).await.is_err() {
+                return Some(Ending::Gone);
+            }
+        }
+        match self.write_flush().await {
+            Ok(()) => None,
+            Err(_) => Some(Ending::Gone),
+        }
+    }
+
+    async fn on_tick(&mut self) -> Option<Ending> {
+        let idle = self.last_heard.elapsed();
+        if idle >= self.shared.config.peer_timeout {
+            return Some(Ending::Silent);
+        }
+        if idle >= self.shared.config.heartbeat
+            && self
+                .write_now(Message::Ping(Default::default()))
+                .await
+                .is_err()
+        {
+            return Some(Ending::Gone);
+        }
+        None
+    }
+
+    async fn write_now(&mut self, message: Message) -> Result<(), WsError> {
+        self.socket.feed(message).await?;
+        self.write_flush().await
+    }
+
+    /// Flushes under the peer timeout: a peer that stops reading cannot hold the session.
+    async fn write_flush(&mut self) -> Result<(), WsError> {
+        match timeout(self.shared.config.peer_timeout, self.socket.flush()).await {
+            Ok(result) => result,
+            Err(_) => Err(WsError::Io(std::io::ErrorKind::TimedOut.into())),
+        }
+    }
+
+    /// Sends our close, publishing chat messages the peer sent before it saw it.
+    async fn close_and_wait(&mut self, code: CloseCode, reason: &'static str) {
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        if timeout(CLOSE_WAIT, self.socket.close(Some(frame)))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let _ = timeout(CLOSE_WAIT, async {
+            while let Some(Ok(message)) = self.socket.next().await {
+                if let Message::Text(text) = message
+                    && let Ok(chat) = protocol::parse_chat(text.as_str())
+                {
+                    metrics::bump(&self.shared.metrics.messages_in);
+                    let _ = self.membership.publish(&chat).await;
+                }
+            }
+        })
+        .await;
+    }
+
+    /// After the peer's close: let tungstenite send the reply and end the stream.
+    async fn finish_close(&mut self) -> Ending {
+        let _ = timeout(CLOSE_WAIT, async {
+            while let Some(Ok(_)) = self.socket.next().await {}
+        })
+        .await;
+        Ending::Gone
+    }
+}
+
+/// Maps a read error to the close the peer should get.
+fn ending_for(error: WsError, metrics: &crate::metrics::Metrics) -> Ending {
+    match error {
+        WsError::Capacity(_) => {
+            metrics::bump(&metrics.invalid_frames);
+            Ending::Close(CloseCode::Size, "message too large")
+        }
+        WsError::Utf8(_) => {
+            metrics::bump(&metrics.invalid_frames);
+            Ending::Close(CloseCode::Invalid, "text frame is not valid UTF-8")
+        }
+        WsError::Protocol(_) => Ending::Close(CloseCode::Protocol, "protocol error"),
+        _ => Ending::Gone,
+    }
+}
+
+/// The conformance endpoint: every data message comes straight back.
+async fn echo(mut socket: Socket, shared: &Shared, mut shutdown: Shutdown) {
+    loop {
+        let inbound = tokio::select! {
+            _ = shutdown.signalled() => {
+                let frame = CloseFrame { code: CloseCode::Restart, reason: "server restart".into() };
+                let _ = timeout(CLOSE_WAIT, socket.close(Some(frame))).await;
+                return;
+            }
+            inbound = socket.next() => inbound,
+        };
+        let reply = match inbound {
+            Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => message,
+            Some(Ok(Message::Close(_))) => {
+                let _ = timeout(CLOSE_WAIT, async {
+                    while let Some(Ok(_)) = socket.next().await {}
+                })
+                .await;
+                return;
+            }
+            Some(Ok(_)) => continue,
+            None => return,
+            Some(Err(error)) => {
+                if let Ending::Close(code, reason) = ending_for(error, &shared.metrics) {
+                    let frame = CloseFrame {
+                        code,
+                        reason: reason.into(),
+                    };
+                    let _ = timeout(CLOSE_WAIT, socket.close(Some(frame))).await;
+                }
+                return;
+            }
+        };
+        if socket.send(reply).await.is_err() {
+            return;
+        }
+    }
+}
