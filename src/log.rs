@@ -45,7 +45,11 @@ fn write(level: LogLevel, msg: &str, fields: Value) {
         LogLevel::Debug => "debug",
     };
     // ts, level and msg lead the line; the fields follow in their own order.
-    let mut text = format!("{{\"ts\":\"{}\",\"level\":\"{level}\",\"msg\":{}", timestamp(), Value::from(msg));
+    let mut text = format!(
+        "{{\"ts\":\"{}\",\"level\":\"{level}\",\"msg\":{}",
+        timestamp(),
+        Value::from(msg)
+    );
     match fields {
         Value::Object(fields) if !fields.is_empty() => {
             let fields = Value::Object(fields).to_string();

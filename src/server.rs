@@ -13,6 +13,7 @@ use tokio::time::{Instant, sleep, timeout};
 
 use crate::broker::Broker;
 use crate::broker::local::LocalBroker;
+use crate::broker::redis::RedisBroker;
 use crate::config::Config;
 use crate::health::Health;
 use crate::http::{self, Endpoints};
@@ -23,7 +24,7 @@ use crate::{log, session};
 /// What every connection task shares.
 pub struct Shared {
     pub config: Config,
-    pub health: Health,
+    pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
     pub broker: Broker,
 }
@@ -36,18 +37,31 @@ pub struct Shared {
 pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future) -> io::Result<()> {
     let addr = listener.local_addr()?;
     let metrics = Arc::new(Metrics::default());
-    let broker = Broker::Local(LocalBroker::new(
-        config.history,
-        config.send_queue,
-        Arc::clone(&metrics),
-    ));
+    let health = Arc::new(Health::default());
+    let broker = match &config.redis_url {
+        None => {
+            health.set_broker_up(true);
+            Broker::Local(LocalBroker::new(
+                config.history,
+                config.send_queue,
+                Arc::clone(&metrics),
+            ))
+        }
+        Some(url) => RedisBroker::start(url, &config, Arc::clone(&health), Arc::clone(&metrics))
+            .map(Broker::Redis)
+            .map_err(|error| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("bad Redis URL: {error}"),
+                )
+            })?,
+    };
     let shared = Arc::new(Shared {
         config,
-        health: Health::default(),
+        health,
         metrics,
         broker,
     });
-    shared.health.set_broker_up(true);
     shared.health.set_listening();
     let (trigger, holder) = shutdown::channel();
     let limit = Arc::new(Semaphore::new(shared.config.max_connections));
@@ -65,7 +79,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future) -
         .store(startup.as_micros() as u64, Ordering::Relaxed);
     log::info(
         "listening",
-        json!({ "addr": addr.to_string(), "startup_us": startup.as_micros() as u64, "broker": "embedded" }),
+        json!({ "addr": addr.to_string(), "startup_us": startup.as_micros() as u64, "broker": shared.broker.name() }),
     );
 
     acceptor.accept_until(shutdown).await;
@@ -82,7 +96,12 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future) -
     let websockets = shared.metrics.websockets_open.load(Ordering::Relaxed);
     trigger.start();
     let deadline = shared.config.drain_deadline;
-    let drained = timeout(deadline, trigger.drained()).await.is_ok();
+    let drained = timeout(deadline, async {
+        trigger.drained().await;
+        shared.broker.close().await;
+    })
+    .await
+    .is_ok();
     if !drained {
         log::warn(
             "drain deadline passed",

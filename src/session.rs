@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use crate::broker::{Frame, Membership, Replay, Resume, Unavailable};
+use crate::broker::{Delivery, Membership, Replay, Resume, Unavailable};
 use crate::config::Config;
 use crate::http::{Status, Target, Upgrade, error_response};
 use crate::metrics::{self, drop_one};
@@ -120,6 +120,7 @@ impl ChatSession<'_> {
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let ending = loop {
             let step = tokio::select! {
+                biased;
                 _ = shutdown.signalled() => Some(Ending::Shutdown),
                 inbound = self.socket.next() => self.on_inbound(inbound).await,
                 frame = self.membership.feed.recv() => match frame {
@@ -140,8 +141,8 @@ impl ChatSession<'_> {
             Ending::Shutdown => {
                 // Deliver what was published before the close, then keep taking the peer's
                 // in-flight messages until it answers the close.
-                while let Ok(frame) = self.membership.feed.try_recv() {
-                    if self.socket.feed(Message::Text(frame)).await.is_err() {
+                while let Ok(delivery) = self.membership.feed.try_recv() {
+                    if self.queue(delivery).await.is_err() {
                         return;
                     }
                 }
@@ -226,21 +227,30 @@ impl ChatSession<'_> {
     }
 
     /// Writes `first` and whatever else is already queued, then flushes once.
-    async fn deliver(&mut self, first: Frame) -> Option<Ending> {
-        if self.socket.feed(Message::Text(first)).await.is_err() {
+    async fn deliver(&mut self, first: Delivery) -> Option<Ending> {
+        if self.queue(first).await.is_err() {
             return Some(Ending::Gone);
         }
         for _ in 1..MAX_BATCH {
-            let Ok(frame) = self.membership.feed.try_recv() else {
+            let Ok(delivery) = self.membership.feed.try_recv() else {
                 break;
             };
-            if self.socket.feed(Message::Text(frame)).await.is_err() {
+            if self.queue(delivery).await.is_err() {
                 return Some(Ending::Gone);
             }
         }
         match self.write_flush().await {
             Ok(()) => None,
             Err(_) => Some(Ending::Gone),
+        }
+    }
+
+    /// Buffers one delivery without flushing; reset notices only reach extended clients.
+    async fn queue(&mut self, delivery: Delivery) -> Result<(), WsError> {
+        match delivery {
+            Delivery::Chat(frame) => self.socket.feed(Message::Text(frame)).await,
+            Delivery::Reset(frame) if self.extended => self.socket.feed(Message::Text(frame)).await,
+            Delivery::Reset(_) => Ok(()),
         }
     }
 

@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc::{self, error::TrySendError};
 
-use super::{Frame, MemberHandle, Membership, Resume, plan_replay};
+use super::{Delivery, Frame, MemberHandle, Membership, Resume, plan_replay};
 use crate::metrics::{self, Metrics};
 use crate::protocol;
 
@@ -31,7 +31,7 @@ struct RoomState {
     seq: u64,
     history: VecDeque<(u64, Frame)>,
     /// Members' feeds; the other end of each is a session's `Membership::feed`.
-    members: Vec<(u64, mpsc::Sender<Frame>)>,
+    members: Vec<(u64, mpsc::Sender<Delivery>)>,
     next_member_id: u64,
 }
 
@@ -120,7 +120,8 @@ impl LocalBroker {
         }
     }
 
-    pub fn room_count(&self) -> usize {
+    #[cfg(test)]
+    fn room_count(&self) -> usize {
         self.rooms.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 }
@@ -142,9 +143,8 @@ impl Member {
         let mut dropped = 0;
         // A member whose queue is full is removed: its feed closes and its session tells it
         // to resume with `since`, so one slow reader never slows the room.
-        state
-            .members
-            .retain(|(_, member)| match member.try_send(frame.clone()) {
+        state.members.retain(
+            |(_, member)| match member.try_send(Delivery::Chat(frame.clone())) {
                 Ok(()) => {
                     delivered += 1;
                     true
@@ -154,7 +154,8 @@ impl Member {
                     false
                 }
                 Err(TrySendError::Closed(_)) => false,
-            });
+            },
+        );
         drop(state);
         self.broker
             .metrics
@@ -181,9 +182,17 @@ mod tests {
         LocalBroker::new(history, queue, Arc::new(Metrics::default()))
     }
 
+    fn chat_text(delivery: Delivery) -> String {
+        match delivery {
+            Delivery::Chat(frame) => frame.to_string(),
+            Delivery::Reset(_) => panic!("unexpected reset"),
+        }
+    }
+
     fn publish(membership: &Membership, message: &str) {
         match &membership.handle {
             MemberHandle::Local(member) => member.publish(message),
+            MemberHandle::Redis(_) => unreachable!("a local broker hands out local members"),
         }
     }
 
@@ -196,11 +205,11 @@ mod tests {
         publish(&bob, "two");
         for member in [&mut alice, &mut bob] {
             assert_eq!(
-                member.feed.try_recv().unwrap().as_str(),
+                chat_text(member.feed.try_recv().unwrap()),
                 r#"{"message":"one","seq":1}"#
             );
             assert_eq!(
-                member.feed.try_recv().unwrap().as_str(),
+                chat_text(member.feed.try_recv().unwrap()),
                 r#"{"message":"two","seq":2}"#
             );
         }

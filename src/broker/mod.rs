@@ -4,6 +4,7 @@
 //! the room's epoch and latest seq, and what to replay. Dropping the membership leaves the room.
 
 pub mod local;
+pub mod redis;
 
 use std::fmt;
 use std::sync::Arc;
@@ -13,8 +14,17 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::protocol::ResetReason;
 
-/// An encoded chat frame, shared by every member it is delivered to.
+/// An encoded frame, shared by every member it is delivered to.
 pub type Frame = Utf8Bytes;
+
+/// One item of a member's feed.
+#[derive(Debug, Clone)]
+pub enum Delivery {
+    Chat(Frame),
+    /// A `reset` notice: the room's history was lost or skipped while the member was in it.
+    /// Only extended clients see it; plain ones would read it as a chat message.
+    Reset(Frame),
+}
 
 /// Where a reconnecting client left off.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +48,7 @@ pub enum Replay {
 
 pub struct Membership {
     /// The broker holds the sender; it closes when this member falls too far behind.
-    pub feed: mpsc::Receiver<Frame>,
+    pub feed: mpsc::Receiver<Delivery>,
     pub epoch: String,
     /// The room's latest seq when this member joined.
     pub seq: u64,
@@ -48,6 +58,7 @@ pub struct Membership {
 
 enum MemberHandle {
     Local(local::Member),
+    Redis(redis::Member),
 }
 
 /// The broker is away (and, for a publish, its bounded queue of held publishes is full):
@@ -69,12 +80,14 @@ impl Membership {
                 member.publish(message);
                 Ok(())
             }
+            MemberHandle::Redis(member) => member.publish(message).await,
         }
     }
 }
 
 pub enum Broker {
     Local(Arc<local::LocalBroker>),
+    Redis(redis::RedisBroker),
 }
 
 impl Broker {
@@ -85,12 +98,21 @@ impl Broker {
     ) -> Result<Membership, Unavailable> {
         match self {
             Broker::Local(broker) => Ok(broker.join(room, resume)),
+            Broker::Redis(broker) => broker.join(room, resume).await,
         }
     }
 
-    pub fn room_count(&self) -> usize {
+    /// Sends what is still held; the caller bounds how long this may take.
+    pub async fn close(&self) {
+        if let Broker::Redis(broker) = self {
+            broker.close().await;
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
         match self {
-            Broker::Local(broker) => broker.room_count(),
+            Broker::Local(_) => "embedded",
+            Broker::Redis(_) => "redis",
         }
     }
 }

@@ -1,6 +1,8 @@
 //! Test harness: the real `roomcast` binary on a free port, and real clients.
 #![allow(dead_code)]
 
+pub mod redis;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -225,4 +227,13 @@ pub fn chat(frame: &Value) -> (String, u64) {
         frame["message"].as_str().unwrap().to_string(),
         frame["seq"].as_u64().unwrap(),
     )
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

@@ -1,0 +1,393 @@
+//! The Redis broker: several real roomcast processes on one real redis-server.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::redis::{RedisServer, redis_available};
+use common::{
+    Server, WAIT, Ws, chat, connect, expect_close, http_get, next_message, recv_json, send_chat,
+};
+use futures_util::SinkExt;
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
+
+macro_rules! require_redis {
+    ($name:expr) => {
+        if !redis_available($name) {
+            return;
+        }
+    };
+}
+
+async fn instance(redis: &RedisServer, extra: &[(&str, &str)]) -> Server {
+    let url = redis.url();
+    let mut env = vec![("ROOMCAST_REDIS_URL", url.as_str())];
+    env.extend_from_slice(extra);
+    let server = Server::start(&env);
+    server.wait_metric("roomcast_ready", 1).await;
+    server
+}
+
+async fn welcome(ws: &mut Ws) -> Value {
+    let frame = recv_json(ws).await;
+    assert_eq!(frame["type"], "welcome", "{frame}");
+    frame
+}
+
+/// Polls until `check` holds, failing after `WAIT`.
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !check() {
+        assert!(started.elapsed() < WAIT, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn messages_cross_instances_with_one_seq() {
+    require_redis!("messages_cross_instances_with_one_seq");
+    let redis = RedisServer::start();
+    let (a, b) = (instance(&redis, &[]).await, instance(&redis, &[]).await);
+    let mut on_a = connect(&a.ws_url("/ws/chat/shared/"), false).await;
+    let mut on_b = connect(&b.ws_url("/ws/chat/shared/"), false).await;
+    a.wait_metric("roomcast_rooms", 1).await;
+    b.wait_metric("roomcast_rooms", 1).await;
+
+    send_chat(&mut on_a, "from a").await;
+    for ws in [&mut on_a, &mut on_b] {
+        assert_eq!(chat(&recv_json(ws).await), ("from a".to_string(), 1));
+    }
+    send_chat(&mut on_b, "from b").await;
+    for ws in [&mut on_a, &mut on_b] {
+        assert_eq!(chat(&recv_json(ws).await), ("from b".to_string(), 2));
+    }
+}
+
+#[tokio::test]
+async fn publishers_on_every_instance_share_one_total_order() {
+    require_redis!("publishers_on_every_instance_share_one_total_order");
+    let redis = RedisServer::start();
+    let instances = [
+        instance(&redis, &[]).await,
+        instance(&redis, &[]).await,
+        instance(&redis, &[]).await,
+    ];
+    let mut clients = Vec::new();
+    for server in &instances {
+        for _ in 0..2 {
+            clients.push(connect(&server.ws_url("/ws/chat/order/"), false).await);
+        }
+    }
+    for server in &instances {
+        server.wait_metric("roomcast_websockets_open", 2).await;
+    }
+    const EACH: usize = 30;
+    let publishing = clients
+        .iter_mut()
+        .enumerate()
+        .map(|(index, ws)| async move {
+            for n in 0..EACH {
+                send_chat(ws, &format!("{index}:{n}")).await;
+            }
+        });
+    futures_util::future::join_all(publishing).await;
+
+    let total = (EACH * 6) as u64;
+    let mut orders = Vec::new();
+    for ws in clients.iter_mut() {
+        let mut order = Vec::new();
+        for seq in 1..=total {
+            let (message, got) = chat(&recv_json(ws).await);
+            assert_eq!(got, seq);
+            order.push(message);
+        }
+        orders.push(order);
+    }
+    assert!(
+        orders.windows(2).all(|pair| pair[0] == pair[1]),
+        "instances disagree on the order"
+    );
+    for index in 0..6 {
+        let own: Vec<_> = orders[0]
+            .iter()
+            .filter(|m| m.starts_with(&format!("{index}:")))
+            .cloned()
+            .collect();
+        assert_eq!(
+            own,
+            (0..EACH)
+                .map(|n| format!("{index}:{n}"))
+                .collect::<Vec<_>>()
+        );
+    }
+}
+
+#[tokio::test]
+async fn resume_on_another_instance_replays_from_the_shared_history() {
+    require_redis!("resume_on_another_instance_replays_from_the_shared_history");
+    let redis = RedisServer::start();
+    let (a, b) = (instance(&redis, &[]).await, instance(&redis, &[]).await);
+    let mut writer = connect(&a.ws_url("/ws/chat/history/"), true).await;
+    let epoch = welcome(&mut writer).await["epoch"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for n in 1..=5 {
+        send_chat(&mut writer, &format!("n{n}")).await;
+        assert_eq!(chat(&recv_json(&mut writer).await).1, n);
+    }
+    let mut reader = connect(
+        &b.ws_url(&format!("/ws/chat/history/?since=2&epoch={epoch}")),
+        true,
+    )
+    .await;
+    let hello = welcome(&mut reader).await;
+    assert_eq!(
+        (hello["epoch"].as_str(), hello["seq"].as_u64()),
+        (Some(epoch.as_str()), Some(5))
+    );
+    for n in 3..=5 {
+        assert_eq!(chat(&recv_json(&mut reader).await), (format!("n{n}"), n));
+    }
+    send_chat(&mut writer, "n6").await;
+    assert_eq!(chat(&recv_json(&mut reader).await), ("n6".to_string(), 6));
+}
+
+#[tokio::test]
+async fn a_flushed_redis_starts_a_new_epoch_and_clients_are_told() {
+    require_redis!("a_flushed_redis_starts_a_new_epoch_and_clients_are_told");
+    let redis = RedisServer::start();
+    let server = instance(&redis, &[]).await;
+    let url = server.ws_url("/ws/chat/flushed/");
+    let mut member = connect(&url, true).await;
+    let old_epoch = welcome(&mut member).await["epoch"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for n in 1..=3 {
+        send_chat(&mut member, &format!("old{n}")).await;
+        recv_json(&mut member).await;
+    }
+    redis.command(&["FLUSHALL"]).unwrap();
+    send_chat(&mut member, "new1").await;
+    let reset = recv_json(&mut member).await;
+    assert_eq!(
+        (reset["type"].as_str(), reset["reason"].as_str()),
+        (Some("reset"), Some("epoch"))
+    );
+    assert_ne!(reset["epoch"], old_epoch.as_str());
+    assert_eq!(chat(&recv_json(&mut member).await), ("new1".to_string(), 1));
+
+    let mut late = connect(
+        &server.ws_url(&format!("/ws/chat/flushed/?since=3&epoch={old_epoch}")),
+        true,
+    )
+    .await;
+    welcome(&mut late).await;
+    assert_eq!(recv_json(&mut late).await["reason"], "epoch");
+    assert_eq!(chat(&recv_json(&mut late).await), ("new1".to_string(), 1));
+}
+
+#[tokio::test]
+async fn rooms_are_unsubscribed_when_their_last_member_leaves_and_keys_expire() {
+    require_redis!("rooms_are_unsubscribed_when_their_last_member_leaves_and_keys_expire");
+    let redis = RedisServer::start();
+    let server = instance(&redis, &[("ROOMCAST_ROOM_TTL_SECS", "1")]).await;
+    let mut ws = connect(&server.ws_url("/ws/chat/brief/"), false).await;
+    let channels = || redis.command(&["PUBSUB", "CHANNELS"]).unwrap_or_default();
+    eventually("the room's channel", || {
+        channels().iter().any(|c| c.contains("brief"))
+    })
+    .await;
+    send_chat(&mut ws, "hello").await;
+    recv_json(&mut ws).await;
+    assert!(
+        !redis
+            .command(&["KEYS", "roomcast:room:{brief}:*"])
+            .unwrap()
+            .is_empty()
+    );
+
+    ws.close(None).await.unwrap();
+    drop(ws);
+    eventually("the unsubscribe", || {
+        channels().iter().all(|c| !c.contains("brief"))
+    })
+    .await;
+    eventually("the keys to expire", || {
+        redis.command(&["KEYS", "roomcast:*"]).unwrap().is_empty()
+    })
+    .await;
+}
+
+/// Reads chat frames until `last` arrives; asserts every seq once and in order.
+async fn collect_until(ws: &mut Ws, last: u64, seen: &mut Vec<u64>) {
+    while seen.last().copied().unwrap_or(0) < last {
+        let frame = recv_json(ws).await;
+        if frame.get("type").is_some() {
+            panic!("unexpected notice {frame}");
+        }
+        let seq = frame["seq"].as_u64().unwrap();
+        assert_eq!(
+            seq,
+            seen.last().copied().unwrap_or(0) + 1,
+            "gap or duplicate: {seen:?} then {seq}"
+        );
+        seen.push(seq);
+    }
+}
+
+#[tokio::test]
+async fn pubsub_kills_and_redis_restarts_lose_nothing() {
+    require_redis!("pubsub_kills_and_redis_restarts_lose_nothing");
+    let mut redis = RedisServer::start();
+    let (a, b) = (instance(&redis, &[]).await, instance(&redis, &[]).await);
+    let mut members = Vec::new();
+    for server in [&a, &b] {
+        for _ in 0..2 {
+            let mut ws = connect(&server.ws_url("/ws/chat/steady/"), true).await;
+            welcome(&mut ws).await;
+            members.push(ws);
+        }
+    }
+    a.wait_metric("roomcast_rooms", 1).await;
+    b.wait_metric("roomcast_rooms", 1).await;
+    let mut publisher = members.remove(0);
+    let mut publisher_seen = Vec::new();
+    let mut seen: Vec<Vec<u64>> = vec![Vec::new(); members.len()];
+    let mut sent = 0u64;
+
+    let publish_round =
+        async |publisher: &mut Ws, sent: &mut u64, seen_by_publisher: &mut Vec<u64>| {
+            for _ in 0..20 {
+                *sent += 1;
+                send_chat(publisher, &format!("m{sent}")).await;
+            }
+            collect_until(publisher, *sent, seen_by_publisher).await;
+        };
+
+    publish_round(&mut publisher, &mut sent, &mut publisher_seen).await;
+    // Cut the pub/sub connections; each instance reconnects and fills the gap from the stream.
+    redis
+        .command(&["CLIENT", "KILL", "TYPE", "pubsub"])
+        .unwrap();
+    publish_round(&mut publisher, &mut sent, &mut publisher_seen).await;
+
+    // Redis goes away: both instances turn unready, publishes are held, sockets stay open.
+    redis.stop();
+    a.wait_metric("roomcast_ready", 0).await;
+    b.wait_metric("roomcast_ready", 0).await;
+    for _ in 0..10 {
+        sent += 1;
+        send_chat(&mut publisher, &format!("m{sent}")).await;
+    }
+    assert!(
+        http_get(a.addr, "/healthz")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    redis.restart();
+    a.wait_metric("roomcast_ready", 1).await;
+    b.wait_metric("roomcast_ready", 1).await;
+    collect_until(&mut publisher, sent, &mut publisher_seen).await;
+    publish_round(&mut publisher, &mut sent, &mut publisher_seen).await;
+
+    for (ws, seen) in members.iter_mut().zip(seen.iter_mut()) {
+        collect_until(ws, sent, seen).await;
+        assert_eq!(seen.len() as u64, sent);
+    }
+    assert!(a.metric("roomcast_broker_reconnects_total").await >= 2);
+}
+
+#[tokio::test]
+async fn without_redis_the_server_starts_unready_and_becomes_ready_when_it_answers() {
+    require_redis!("without_redis_the_server_starts_unready_and_becomes_ready_when_it_answers");
+    let port = common::free_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let server = Server::start(&[("ROOMCAST_REDIS_URL", url.as_str())]);
+    assert!(
+        http_get(server.addr, "/readyz")
+            .await
+            .starts_with("HTTP/1.1 503")
+    );
+    let upgrade = "GET /ws/chat/early/ HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    let refused = common::http_raw(server.addr, upgrade.as_bytes()).await;
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+
+    // Bring Redis up on the port the server is already trying.
+    let dir = std::env::temp_dir().join(format!("roomcast-late-{port}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut late = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    server.wait_metric("roomcast_ready", 1).await;
+    let mut ws = connect(&server.ws_url("/ws/chat/early/"), false).await;
+    send_chat(&mut ws, "made it").await;
+    assert_eq!(chat(&recv_json(&mut ws).await), ("made it".to_string(), 1));
+    let _ = late.kill();
+    let _ = late.wait();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn a_full_hold_queue_answers_with_an_error_never_a_hang() {
+    require_redis!("a_full_hold_queue_answers_with_an_error_never_a_hang");
+    let mut redis = RedisServer::start();
+    let server = instance(&redis, &[("ROOMCAST_PUBLISH_QUEUE", "3")]).await;
+    let mut extended = connect(&server.ws_url("/ws/chat/held/"), true).await;
+    welcome(&mut extended).await;
+    let mut plain = connect(&server.ws_url("/ws/chat/held/"), false).await;
+    server.wait_metric("roomcast_websockets_open", 2).await;
+    redis.stop();
+    server.wait_metric("roomcast_ready", 0).await;
+
+    for n in 0..6 {
+        send_chat(&mut extended, &format!("held {n}")).await;
+    }
+    let error = recv_json(&mut extended).await;
+    assert_eq!(
+        (error["type"].as_str(), error["code"].as_str()),
+        (Some("error"), Some("unavailable"))
+    );
+    send_chat(&mut plain, "one too many").await;
+    assert_eq!(expect_close(&mut plain).await.0, 1013);
+    assert!(server.metric("roomcast_publish_errors_total").await >= 2);
+
+    // The held publishes go out, in order, when Redis returns.
+    redis.restart();
+    server.wait_metric("roomcast_ready", 1).await;
+    let mut delivered = HashMap::new();
+    while delivered.len() < 3 {
+        match next_message(&mut extended).await {
+            Some(Ok(Message::Text(text))) => {
+                let frame: Value = serde_json::from_str(text.as_str()).unwrap();
+                if frame.get("type").is_none() {
+                    delivered.insert(
+                        frame["seq"].as_u64().unwrap(),
+                        frame["message"].as_str().unwrap().to_string(),
+                    );
+                } else {
+                    assert_eq!(frame["code"], "unavailable");
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(delivered.get(&1).map(String::as_str), Some("held 0"));
+    assert_eq!(delivered.get(&3).map(String::as_str), Some("held 2"));
+    let _ = extended.send(Message::Close(None)).await;
+}
