@@ -21,7 +21,7 @@ pub const MAX_HEADERS: usize = 32;
 const HEALTHZ: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nCache-Control: no-store\r\nContent-Length: 11\r\n\r\n{\"ok\":true}";
 const READY: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nCache-Control: no-store\r\nContent-Length: 14\r\n\r\n{\"ready\":true}";
 const NOT_READY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nCache-Control: no-store\r\nContent-Length: 15\r\n\r\n{\"ready\":false}";
-/// Written without a task at the connection cap, so it must fit one non-blocking write.
+/// The answer at the connection cap; short enough for one non-blocking write.
 pub const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: 33\r\n\r\nserver busy: too many connections";
 
 static CHAT_PAGE: &[u8] = include_bytes!("chat.html");
@@ -164,7 +164,13 @@ pub async fn serve(
                 }
             }
             Answer::Reject(status, reason) => {
-                reject(stream, status, reason).await;
+                let response = error_response(status, reason);
+                let response = if head.method == "HEAD" {
+                    head_of(&response)
+                } else {
+                    &response
+                };
+                send_and_close(stream, response).await;
                 return None;
             }
             Answer::Upgrade(target, extended, accept_key) => {
@@ -179,14 +185,14 @@ pub async fn serve(
     }
 }
 
-/// Writes an error and closes politely: FIN first, then discard what the client still sends,
-/// so the close does not turn into a reset that eats the response.
 async fn reject(stream: &mut TcpStream, status: Status, reason: &str) {
-    if stream
-        .write_all(&error_response(status, reason))
-        .await
-        .is_err()
-    {
+    send_and_close(stream, &error_response(status, reason)).await;
+}
+
+/// Writes `response` and closes politely: FIN first, then discard what the client still
+/// sends for a moment, so the close does not turn into a reset that eats the response.
+pub async fn send_and_close(stream: &mut TcpStream, response: &[u8]) {
+    if stream.write_all(response).await.is_err() {
         return;
     }
     let _ = stream.shutdown().await;

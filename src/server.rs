@@ -21,6 +21,9 @@ use crate::metrics::{self, Metrics};
 use crate::shutdown::{self, Shutdown};
 use crate::{log, session};
 
+/// Connections being answered 503 at once; past this they are closed after one write.
+const MAX_REFUSALS: usize = 64;
+
 /// What every connection task shares.
 pub struct Shared {
     pub config: Config,
@@ -69,6 +72,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future) -
         listener,
         shared: Arc::clone(&shared),
         limit,
+        refusals: Arc::new(Semaphore::new(MAX_REFUSALS)),
         shutdown: holder,
     };
 
@@ -123,6 +127,8 @@ struct Acceptor {
     listener: TcpListener,
     shared: Arc<Shared>,
     limit: Arc<Semaphore>,
+    /// Caps the short tasks that answer 503 past the connection cap.
+    refusals: Arc<Semaphore>,
     /// Cloned into every connection task; the drain waits for all clones to drop.
     shutdown: Shutdown,
 }
@@ -166,9 +172,20 @@ impl Acceptor {
                 tokio::spawn(handle(stream, shared, self.shutdown.clone(), permit));
             }
             Err(_) => {
-                // No task for a refused connection: one non-blocking write, then close.
                 metrics::bump(&metrics.connections_rejected);
-                let _ = stream.try_write(http::BUSY);
+                match Arc::clone(&self.refusals).try_acquire_owned() {
+                    Ok(permit) => {
+                        tokio::spawn(async move {
+                            let mut stream = stream;
+                            http::send_and_close(&mut stream, http::BUSY).await;
+                            drop(permit);
+                        });
+                    }
+                    // Refusing a flood: one non-blocking write, then close.
+                    Err(_) => {
+                        let _ = stream.try_write(http::BUSY);
+                    }
+                }
             }
         }
     }

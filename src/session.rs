@@ -283,8 +283,10 @@ impl ChatSession<'_> {
         }
     }
 
-    /// Sends our close, publishing chat messages the peer sent before it saw it.
+    /// Sends our close and waits for the peer's. On a restart, chat messages the peer sent
+    /// before it saw our close are still published, so a deploy loses none of them.
     async fn close_and_wait(&mut self, code: CloseCode, reason: &'static str) {
+        let publish_in_flight = code == CloseCode::Restart;
         let frame = CloseFrame {
             code,
             reason: reason.into(),
@@ -298,6 +300,7 @@ impl ChatSession<'_> {
         let _ = timeout(CLOSE_WAIT, async {
             while let Some(Ok(message)) = self.socket.next().await {
                 if let Message::Text(text) = message
+                    && publish_in_flight
                     && let Ok(chat) = protocol::parse_chat(text.as_str())
                 {
                     metrics::bump(&self.shared.metrics.messages_in);
