@@ -75,11 +75,12 @@ pub async fn run(mut stream: TcpStream, upgrade: Upgrade, shared: &Shared, shutd
 
 async fn open(stream: TcpStream, leftover: Vec<u8>, config: &Config) -> Socket {
     let _ = stream.set_nodelay(true);
-    // Small, lazily grown buffers: most chat connections are idle most of the time.
+    // Small buffers: most chat connections are idle most of the time. The write buffer's
+    // cap must hold the largest message the echo endpoint may send back, with room to spare.
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
         .write_buffer_size(16 * 1024)
-        .max_write_buffer_size(4 * 1024 * 1024)
+        .max_write_buffer_size((4 << 20).max(2 * config.max_message_bytes))
         .max_message_size(Some(config.max_message_bytes))
         .max_frame_size(Some(config.max_message_bytes));
     WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(ws_config)).await
