@@ -309,7 +309,7 @@ fn parse_head(buffer: &[u8]) -> Result<Option<(Head, usize)>, HeadError> {
             ));
         }
     };
-    let target = request.path.unwrap_or("/");
+    let target = origin_form(request.path.unwrap_or("/"));
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let mut head = Head {
         method: request.method.unwrap_or("").to_string(),
@@ -329,6 +329,17 @@ fn parse_head(buffer: &[u8]) -> Result<Option<(Head, usize)>, HeadError> {
             .push((header.name.to_string(), value.trim().to_string()));
     }
     Ok(Some((head, length)))
+}
+
+/// `http://host/path?q` (absolute form, which servers must accept) as `/path?q`.
+fn origin_form(target: &str) -> &str {
+    let Some(rest) = target
+        .strip_prefix("http://")
+        .or_else(|| target.strip_prefix("https://"))
+    else {
+        return target;
+    };
+    rest.find('/').map_or("/", |slash| &rest[slash..])
 }
 
 enum Answer {
@@ -583,6 +594,19 @@ mod tests {
         let own =
             format!("GET /ws/chat/a/ HTTP/1.1\r\n{UPGRADE}Origin: https://chat.example\r\n\r\n");
         assert!(matches!(route(&own, &config), Answer::Upgrade(..)));
+    }
+
+    #[test]
+    fn absolute_form_targets_route_like_paths() {
+        assert_eq!(
+            head_for("GET http://example.com/healthz HTTP/1.1\r\n\r\n").path,
+            "/healthz"
+        );
+        assert_eq!(
+            head_for("GET http://example.com HTTP/1.1\r\n\r\n").path,
+            "/"
+        );
+        assert_eq!(head_for("GET /a?b=c HTTP/1.1\r\n\r\n").query, "b=c");
     }
 
     #[test]
