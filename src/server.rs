@@ -203,8 +203,11 @@ async fn handle(
         health: &shared.health,
         metrics: &shared.metrics,
     };
-    if let Some(upgrade) = http::serve(&mut stream, &endpoints, &mut shutdown).await {
-        session::run(stream, upgrade, &shared, shutdown).await;
+    // Each phase in its own allocation, so an idle WebSocket does not also carry the
+    // HTTP phase's state, and vice versa: the task stays small at thousands of connections.
+    let upgrade = Box::pin(http::serve(&mut stream, &endpoints, &mut shutdown)).await;
+    if let Some(upgrade) = upgrade {
+        Box::pin(session::run(stream, upgrade, &shared, shutdown)).await;
     }
 }
 

@@ -70,7 +70,8 @@ pub async fn run(mut stream: TcpStream, upgrade: Upgrade, shared: &Shared, shutd
         shared,
         last_heard: Instant::now(),
     };
-    track_open(shared, session.run(room, shutdown)).await;
+    // Boxed: the join and handshake futures need not stay allocated beside the session.
+    track_open(shared, Box::pin(session.run(room, shutdown))).await;
 }
 
 async fn open(stream: TcpStream, leftover: Vec<u8>, config: &Config) -> Socket {
