@@ -237,3 +237,23 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// `name` found on PATH (or `name` itself if it is a path to a file).
+pub fn find_program(name: &str) -> Option<std::path::PathBuf> {
+    if name.contains('/') {
+        let path = std::path::PathBuf::from(name);
+        return path.is_file().then_some(path);
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(name))
+        .find(|path| path.is_file())
+}
+
+/// For a test that cannot run here: prints why and returns, so the caller can skip; when the
+/// `CI` environment variable is set, fails the test instead.
+pub fn skip_unless_ci(reason: &str) {
+    if std::env::var_os("CI").is_some_and(|value| !value.is_empty()) {
+        panic!("{reason} (CI is set, so this fails instead of skipping)");
+    }
+    eprintln!("SKIPPED: {reason}");
+}
