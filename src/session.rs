@@ -122,7 +122,6 @@ impl ChatSession<'_> {
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let ending = loop {
             let step = tokio::select! {
-                biased;
                 _ = shutdown.signalled() => Some(Ending::Shutdown),
                 inbound = self.socket.next() => self.on_inbound(inbound).await,
                 frame = self.membership.feed.recv() => match frame {

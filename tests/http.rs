@@ -5,7 +5,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -815,30 +815,8 @@ async fn readyz_turns_503_during_the_shutdown_delay_while_healthz_stays_200() {
 // ---------------------------------------------------------------------------------------------
 // The command line.
 
-/// Runs the binary with only `env`, failing the test if it is still running after `WAIT`.
 fn run_roomcast(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_roomcast"))
-        .args(args)
-        .env_clear()
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start roomcast");
-    let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > WAIT {
-            let _ = child.kill();
-            let output = child.wait_with_output().unwrap();
-            panic!(
-                "roomcast {args:?} still running after {WAIT:?}: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.wait_with_output().unwrap()
+    common::run_to_exit(args, env).0
 }
 
 #[test]

@@ -4,7 +4,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -14,29 +14,12 @@ use common::{Server, WAIT};
 /// The probe's own limit is 1 s; this is a bound on a hang, not a benchmark.
 const PROBE_BOUND: Duration = Duration::from_secs(3);
 
-/// Runs `roomcast probe ARGS` with only `env`; fails the test if it runs past `WAIT`.
+/// Runs `roomcast probe ARGS` with only `env`.
 fn probe(args: &[&str], env: &[(&str, &str)]) -> (Output, Duration) {
-    let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_roomcast"))
-        .arg("probe")
-        .args(args)
-        .env_clear()
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start roomcast probe");
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > WAIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("roomcast probe {args:?} still running after {WAIT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let elapsed = started.elapsed();
-    (child.wait_with_output().unwrap(), elapsed)
+    let args: Vec<&str> = std::iter::once("probe")
+        .chain(args.iter().copied())
+        .collect();
+    common::run_to_exit(&args, env)
 }
 
 fn assert_exit(output: &Output, code: i32, what: &str) {

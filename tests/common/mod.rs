@@ -257,3 +257,31 @@ pub fn skip_unless_ci(reason: &str) {
     }
     eprintln!("SKIPPED: {reason}");
 }
+
+/// Runs the binary to its exit with only `env` set, failing the test if it is still running
+/// after `WAIT`; returns its output and how long it ran.
+pub fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (std::process::Output, Duration) {
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_roomcast"))
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start roomcast");
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > WAIT {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "roomcast {args:?} still running after {WAIT:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let elapsed = started.elapsed();
+    (child.wait_with_output().unwrap(), elapsed)
+}
