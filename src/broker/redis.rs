@@ -166,6 +166,7 @@ impl RedisBroker {
         let publisher = Publisher {
             inner: Arc::clone(&inner),
             client,
+            script_hash: redis::Script::new(PUBLISH_SCRIPT).get_hash().to_string(),
         };
         let tasks = vec![
             tokio::spawn(rooms.run(command_queue, stopped.clone())),
@@ -699,7 +700,7 @@ impl RoomTask {
             .metrics
             .rooms
             .store(self.rooms.len() as u64, Ordering::Relaxed);
-        match timeout(REDIS_TIMEOUT, link.sink.ping::<String>()).await {
+        match timeout(REDIS_TIMEOUT, link.sink.ping::<Value>()).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(error)) => Err(error.to_string()),
             Err(_) => Err("pub/sub ping timed out".to_string()),
@@ -735,38 +736,39 @@ async fn unsubscribe(sink: &mut PubSubSink, room: &str) -> Result<(), RedisError
 struct Publisher {
     inner: Arc<Inner>,
     client: Client,
+    /// The SHA1 that EVALSHA names the publish script by.
+    script_hash: String,
 }
 
 impl Publisher {
     async fn run(self, mut queue: mpsc::Receiver<Publish>, mut stopped: watch::Receiver<bool>) {
-        let script = redis::Script::new(PUBLISH_SCRIPT);
         let mut connection: Option<MultiplexedConnection> = None;
         let mut batch: Vec<(u64, Publish)> = Vec::with_capacity(MAX_BATCH);
         let mut counter = 0u64;
         let mut backoff = Duration::ZERO;
         loop {
-            if connection.is_none() {
+            if !backoff.is_zero() {
+                // After a failure. Stopping does not cut this short: what is held still
+                // goes out, until the caller's drain deadline.
+                tokio::select! {
+                    _ = stopping(&mut stopped), if batch.is_empty() && queue.is_empty() => return,
+                    _ = sleep(backoff) => {}
+                }
+            }
+            // Connected eagerly, not at the first publish: readiness waits for this.
+            let Some(live) = connection.as_mut() else {
                 match connect(&self.client).await {
                     Ok(fresh) => {
                         connection = Some(fresh);
-                        backoff = Duration::ZERO;
                         self.inner.set_up(&self.inner.publisher_up, true);
                     }
                     Err(_) => {
                         self.inner.set_up(&self.inner.publisher_up, false);
                         backoff = next_backoff(backoff);
-                        tokio::select! {
-                            _ = stopping(&mut stopped) => {
-                                if batch.is_empty() && queue.is_empty() { return }
-                                // Stopping: keep trying to send what is held until the caller's deadline.
-                                sleep(backoff).await;
-                            }
-                            _ = sleep(backoff) => {}
-                        }
-                        continue;
                     }
                 }
-            }
+                continue;
+            };
             if batch.is_empty() {
                 let first = tokio::select! {
                     biased;
@@ -786,31 +788,10 @@ impl Publisher {
                     batch.push((counter, next));
                 }
             }
-            let Some(live) = connection.as_mut() else {
-                continue;
-            };
-            let mut pipeline = redis::pipe();
-            for (number, publish) in &batch {
-                let [seq_key, epoch_key, log_key, publishers_key] = keys(&publish.room);
-                pipeline
-                    .cmd("EVALSHA")
-                    .arg(script.get_hash())
-                    .arg(4)
-                    .arg(seq_key)
-                    .arg(epoch_key)
-                    .arg(log_key)
-                    .arg(publishers_key)
-                    .arg(&publish.message_json)
-                    .arg(self.inner.fresh_epoch())
-                    .arg(self.inner.history)
-                    .arg(self.inner.room_ttl_secs)
-                    .arg(channel_of(&publish.room))
-                    .arg(&self.inner.instance)
-                    .arg(*number);
-            }
-            match pipeline.query_async::<Vec<Value>>(live).await {
-                Ok(_) => {
+            match self.send(live, &batch).await {
+                Ok(()) => {
                     batch.clear();
+                    backoff = Duration::ZERO;
                     let held = (queue.max_capacity() - queue.capacity()) as u64;
                     self.inner
                         .metrics
@@ -818,30 +799,15 @@ impl Publisher {
                         .store(held, Ordering::Relaxed);
                 }
                 Err(error) if error.code() == Some("NOSCRIPT") => {
-                    let load = redis::cmd("SCRIPT")
-                        .arg("LOAD")
-                        .arg(PUBLISH_SCRIPT)
-                        .query_async::<String>(live)
-                        .await;
-                    if load.is_err() {
+                    let mut load = redis::cmd("SCRIPT");
+                    load.arg("LOAD").arg(PUBLISH_SCRIPT);
+                    if load.query_async::<String>(live).await.is_err() {
                         connection = None;
+                        backoff = next_backoff(backoff);
                     }
                 }
-                Err(error)
-                    if error.is_io_error()
-                        || error.is_timeout()
-                        || error.is_connection_dropped() =>
-                {
-                    log::warn(
-                        "redis publish failed, holding",
-                        json!({ "error": error.to_string(), "held": batch.len() + queue.len() }),
-                    );
-                    connection = None;
-                    self.inner.set_up(&self.inner.publisher_up, false);
-                }
-                Err(error) => {
-                    // Redis refused the script itself (e.g. a key of the wrong type): retrying
-                    // cannot help, so these publishes are reported lost.
+                Err(error) if is_rejection(&error) => {
+                    // Retrying cannot help, so these publishes are reported lost.
                     log::error(
                         "redis rejected publishes",
                         json!({ "error": error.to_string(), "dropped": batch.len() }),
@@ -851,7 +817,54 @@ impl Publisher {
                     }
                     batch.clear();
                 }
+                // Gone, stalled, still loading its data, out of memory: hold and retry the same
+                // batch on a fresh connection; the instance counters make the retry exactly-once.
+                Err(error) => {
+                    log::warn(
+                        "redis publish failed, holding",
+                        json!({ "error": error.to_string(), "held": batch.len() + queue.len() }),
+                    );
+                    connection = None;
+                    self.inner.set_up(&self.inner.publisher_up, false);
+                    backoff = next_backoff(backoff);
+                }
             }
         }
     }
+
+    /// One pipeline of publish scripts, in queue order.
+    async fn send(
+        &self,
+        connection: &mut MultiplexedConnection,
+        batch: &[(u64, Publish)],
+    ) -> Result<(), RedisError> {
+        let mut pipeline = redis::pipe();
+        for (number, publish) in batch {
+            let [seq_key, epoch_key, log_key, publishers_key] = keys(&publish.room);
+            pipeline
+                .cmd("EVALSHA")
+                .arg(&self.script_hash)
+                .arg(4)
+                .arg(seq_key)
+                .arg(epoch_key)
+                .arg(log_key)
+                .arg(publishers_key)
+                .arg(&publish.message_json)
+                .arg(self.inner.fresh_epoch())
+                .arg(self.inner.history)
+                .arg(self.inner.room_ttl_secs)
+                .arg(channel_of(&publish.room))
+                .arg(&self.inner.instance)
+                .arg(*number);
+        }
+        pipeline
+            .query_async::<Vec<Value>>(connection)
+            .await
+            .map(drop)
+    }
+}
+
+/// Errors that retrying cannot fix: the script failed on this room's data.
+fn is_rejection(error: &RedisError) -> bool {
+    error.code() == Some("WRONGTYPE") || error.to_string().contains("user_script")
 }
