@@ -174,6 +174,9 @@ pub async fn serve(
                 return None;
             }
             Answer::Upgrade(target, extended, accept_key) => {
+                // The WebSocket reuses this allocation as its read buffer: keep only the
+                // bytes, so it starts at its own configured size instead.
+                buffer.shrink_to_fit();
                 return Some(Upgrade {
                     target,
                     extended,

@@ -27,51 +27,58 @@ const MAX_BATCH: usize = 64;
 type Socket = WebSocketStream<TcpStream>;
 
 /// Runs an upgraded connection to its end.
-pub async fn run(mut stream: TcpStream, upgrade: Upgrade, shared: &Shared, shutdown: Shutdown) {
+pub async fn run(stream: TcpStream, upgrade: Upgrade, shared: &Shared, shutdown: Shutdown) {
+    // The handshake's state is freed before the long-lived part starts: at thousands of idle
+    // connections, what a session keeps allocated is what the server costs.
+    let opened = Box::pin(handshake(stream, upgrade, shared)).await;
+    metrics::bump(&shared.metrics.websockets_open);
+    match opened {
+        Some(Opened::Chat(session)) => Box::pin(session.run(shutdown)).await,
+        Some(Opened::Echo(socket)) => Box::pin(echo(socket, shared, shutdown)).await,
+        None => {}
+    }
+    drop_one(&shared.metrics.websockets_open);
+}
+
+enum Opened<'a> {
+    Chat(ChatSession<'a>),
+    Echo(Socket),
+}
+
+/// Joins the room (answering 503 if the broker is away), then completes the upgrade.
+async fn handshake<'a>(
+    mut stream: TcpStream,
+    upgrade: Upgrade,
+    shared: &'a Shared,
+) -> Option<Opened<'a>> {
+    let response = upgrade.response();
     let Upgrade {
         target,
         extended,
         leftover,
         ..
-    } = &upgrade;
-    let (room, resume) = match target {
-        Target::Echo => {
-            if stream.write_all(&upgrade.response()).await.is_ok() {
-                let socket = open(stream, leftover.clone(), &shared.config).await;
-                track_open(shared, echo(socket, shared, shutdown)).await;
-            }
-            return;
-        }
-        Target::Chat { room, since, epoch } => (
-            room,
-            since.map(|since| Resume {
-                since,
-                epoch: epoch.clone(),
-            }),
-        ),
+    } = upgrade;
+    let Target::Chat { room, since, epoch } = target else {
+        stream.write_all(&response).await.ok()?;
+        return Some(Opened::Echo(open(stream, leftover, &shared.config).await));
     };
-    let extended = *extended || resume.is_some();
-    let membership = match shared.broker.join(room, resume).await {
-        Ok(membership) => membership,
-        Err(_) => {
-            let response = error_response(Status::ServiceUnavailable, "broker unavailable");
-            let _ = stream.write_all(&response).await;
-            return;
-        }
+    let resume = since.map(|since| Resume { since, epoch });
+    let extended = extended || resume.is_some();
+    let Ok(membership) = shared.broker.join(&room, resume).await else {
+        let refusal = error_response(Status::ServiceUnavailable, "broker unavailable");
+        let _ = stream.write_all(&refusal).await;
+        return None;
     };
-    if stream.write_all(&upgrade.response()).await.is_err() {
-        return;
-    }
-    let socket = open(stream, leftover.clone(), &shared.config).await;
-    let session = ChatSession {
+    stream.write_all(&response).await.ok()?;
+    let socket = open(stream, leftover, &shared.config).await;
+    Some(Opened::Chat(ChatSession {
         socket,
         membership,
+        room,
         extended,
         shared,
         last_heard: Instant::now(),
-    };
-    // Boxed: the join and handshake futures need not stay allocated beside the session.
-    track_open(shared, Box::pin(session.run(room, shutdown))).await;
+    }))
 }
 
 async fn open(stream: TcpStream, leftover: Vec<u8>, config: &Config) -> Socket {
@@ -79,18 +86,12 @@ async fn open(stream: TcpStream, leftover: Vec<u8>, config: &Config) -> Socket {
     // Small buffers: most chat connections are idle most of the time. The write buffer's
     // cap must hold the largest message the echo endpoint may send back, with room to spare.
     let ws_config = WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(1024)
         .write_buffer_size(16 * 1024)
         .max_write_buffer_size((4 << 20).max(2 * config.max_message_bytes))
         .max_message_size(Some(config.max_message_bytes))
         .max_frame_size(Some(config.max_message_bytes));
     WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(ws_config)).await
-}
-
-async fn track_open(shared: &Shared, session: impl Future<Output = ()>) {
-    metrics::bump(&shared.metrics.websockets_open);
-    session.await;
-    drop_one(&shared.metrics.websockets_open);
 }
 
 /// Why a chat session ends.
@@ -107,14 +108,15 @@ enum Ending {
 struct ChatSession<'a> {
     socket: Socket,
     membership: Membership,
+    room: String,
     extended: bool,
     shared: &'a Shared,
     last_heard: Instant,
 }
 
 impl ChatSession<'_> {
-    async fn run(mut self, room: &str, mut shutdown: Shutdown) {
-        if self.extended && self.greet(room).await.is_err() {
+    async fn run(mut self, mut shutdown: Shutdown) {
+        if self.extended && self.greet().await.is_err() {
             return;
         }
         let heartbeat = self.shared.config.heartbeat;
@@ -123,7 +125,9 @@ impl ChatSession<'_> {
         let ending = loop {
             let step = tokio::select! {
                 _ = shutdown.signalled() => Some(Ending::Shutdown),
-                inbound = self.socket.next() => self.on_inbound(inbound).await,
+                // Boxed, like the closing paths below: rare or short-lived, they would
+                // otherwise make every idle session as large as the largest of them.
+                inbound = self.socket.next() => Box::pin(self.on_inbound(inbound)).await,
                 frame = self.membership.feed.recv() => match frame {
                     Some(frame) => self.deliver(frame).await,
                     None => Some(Ending::Close(CloseCode::from(CLOSE_SLOW_READER), "too slow: resume with since")),
@@ -147,17 +151,16 @@ impl ChatSession<'_> {
                         return;
                     }
                 }
-                self.close_and_wait(CloseCode::Restart, "server restart")
-                    .await;
+                Box::pin(self.close_and_wait(CloseCode::Restart, "server restart")).await;
             }
-            Ending::Close(code, reason) => self.close_and_wait(code, reason).await,
+            Ending::Close(code, reason) => Box::pin(self.close_and_wait(code, reason)).await,
         }
     }
 
     /// The welcome frame, then what the resume asked for.
-    async fn greet(&mut self, room: &str) -> Result<(), WsError> {
+    async fn greet(&mut self) -> Result<(), WsError> {
         let membership = &mut self.membership;
-        let welcome = protocol::welcome_frame(room, &membership.epoch, membership.seq);
+        let welcome = protocol::welcome_frame(&self.room, &membership.epoch, membership.seq);
         self.socket.feed(Message::text(welcome)).await?;
         let frames = match std::mem::take(&mut membership.replay) {
             Replay::Nothing => Vec::new(),
