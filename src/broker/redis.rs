@@ -17,7 +17,7 @@ use redis::{AsyncConnectionConfig, Client, RedisError, Value};
 use serde_json::json;
 use tokio::sync::{Mutex as AsyncMutex, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use tokio::time::{interval, sleep, timeout};
+use tokio::time::{Instant, interval, sleep, timeout};
 
 use super::{Delivery, Frame, MemberHandle, Membership, Resume, Unavailable, plan_replay};
 use crate::config::Config;
@@ -80,6 +80,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const MAX_BATCH: usize = 128;
 /// How often the room task drops closed members and pings the pub/sub connection.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// A Redis connection that lasted this long was not flapping.
+const STABLE_AFTER: Duration = Duration::from_secs(5);
 
 pub struct RedisBroker {
     inner: Arc<Inner>,
@@ -419,6 +421,9 @@ impl RoomTask {
     async fn run(mut self, mut queue: mpsc::Receiver<Command>, mut stopped: watch::Receiver<bool>) {
         let mut backoff = Duration::ZERO;
         let mut ever_connected = false;
+        // One warning per outage, not one per attempt: "unavailable" before the first
+        // connection, "lost" after each one.
+        let mut outage_logged = false;
         loop {
             let link = tokio::select! {
                 _ = stopping(&mut stopped) => return,
@@ -427,8 +432,9 @@ impl RoomTask {
             let mut link = match link {
                 Ok(link) => link,
                 Err(error) => {
-                    if backoff.is_zero() {
+                    if !outage_logged {
                         log::warn("redis unavailable", json!({ "error": error.to_string() }));
+                        outage_logged = true;
                     }
                     backoff = next_backoff(backoff);
                     if self
@@ -444,16 +450,27 @@ impl RoomTask {
                 metrics::bump(&self.inner.metrics.broker_reconnects);
             }
             ever_connected = true;
-            backoff = Duration::ZERO;
             self.inner.set_up(&self.inner.pubsub_up, true);
             log::info("redis connected", json!({ "rooms": self.rooms.len() }));
+            let connected_at = Instant::now();
             let outcome = self.serve(&mut link, &mut queue, &mut stopped).await;
             self.inner.set_up(&self.inner.pubsub_up, false);
-            match outcome {
-                Served::Stopped => return,
-                Served::Lost(reason) => {
-                    log::warn("redis connection lost", json!({ "reason": reason }))
-                }
+            let Served::Lost(reason) = outcome else {
+                return;
+            };
+            log::warn("redis connection lost", json!({ "reason": reason }));
+            outage_logged = true;
+            // A connection that held for a while earns a quick retry; one that keeps failing
+            // at once (a flapping Redis) backs off further each time.
+            if connected_at.elapsed() > STABLE_AFTER {
+                backoff = Duration::ZERO;
+            }
+            backoff = next_backoff(backoff);
+            if self
+                .refuse_joins_for(backoff, &mut queue, &mut stopped)
+                .await
+            {
+                return;
             }
         }
     }
