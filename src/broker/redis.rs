@@ -45,7 +45,10 @@ if tonumber(ARGV[3]) > 0 then
   redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[3], seq .. '-0', 'f', frame)
 end
 redis.call('HSET', KEYS[4], ARGV[6], ARGV[7])
-for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[4]) end
+-- Refresh the idle expiry once half of it has passed, not on every publish.
+if redis.call('TTL', KEYS[1]) < tonumber(ARGV[4]) / 2 then
+  for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[4]) end
+end
 redis.call('PUBLISH', ARGV[5], seq .. ' ' .. epoch .. ' ' .. frame)
 return seq
 "#;
