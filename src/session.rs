@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, MissedTickBehavior, interval_at, timeout};
@@ -12,8 +13,9 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::broker::{Delivery, Membership, Replay, Resume, Unavailable};
-use crate::config::Config;
+use crate::config::{Config, LogLevel};
 use crate::http::{Status, Target, Upgrade, error_response};
+use crate::log;
 use crate::metrics::{self, drop_one};
 use crate::protocol::{self, CLOSE_SLOW_READER};
 use crate::server::Shared;
@@ -138,6 +140,18 @@ impl ChatSession<'_> {
                 break ending;
             }
         };
+        if log::enabled(LogLevel::Debug) {
+            let why = match &ending {
+                Ending::Gone => "peer closed or went away",
+                Ending::Shutdown => "server shutdown",
+                Ending::Silent => "peer silent past the timeout",
+                Ending::Close(_, reason) => reason,
+            };
+            log::debug(
+                "websocket closing",
+                json!({ "room": self.room, "why": why }),
+            );
+        }
         match ending {
             Ending::Gone => {}
             Ending::Silent => {
