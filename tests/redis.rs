@@ -400,3 +400,43 @@ async fn a_full_hold_queue_answers_with_an_error_never_a_hang() {
     assert_eq!(delivered.get(&3).map(String::as_str), Some("held 2"));
     let _ = extended.send(Message::Close(None)).await;
 }
+
+#[tokio::test]
+async fn a_stalled_redis_delays_messages_but_never_hangs_or_loses_them() {
+    require_redis!("a_stalled_redis_delays_messages_but_never_hangs_or_loses_them");
+    let redis = RedisServer::start();
+    let server = instance(&redis, &[]).await;
+    let mut member = connect(&server.ws_url("/ws/chat/stalled/"), true).await;
+    welcome(&mut member).await;
+    server.wait_metric("roomcast_rooms", 1).await;
+
+    // Redis stops answering for 3 s, longer than the broker's 2 s timeout for any reply.
+    let stall = redis.stall(Duration::from_secs(3));
+    let started = Instant::now();
+    for n in 1..=5 {
+        send_chat(&mut member, &format!("during {n}")).await;
+    }
+    // The session itself stays responsive: pings are answered while publishes wait.
+    member
+        .send(Message::Ping(b"still there?".to_vec().into()))
+        .await
+        .unwrap();
+    let pong = tokio::time::timeout(
+        Duration::from_secs(1),
+        futures_util::StreamExt::next(&mut member),
+    )
+    .await;
+    assert!(
+        matches!(pong, Ok(Some(Ok(Message::Pong(_))))),
+        "no pong while Redis stalls: {pong:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let mut seen = Vec::new();
+    collect_until(&mut member, 5, &mut seen).await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "Redis was not actually stalled"
+    );
+    stall.join().unwrap();
+    server.wait_metric("roomcast_ready", 1).await;
+}

@@ -84,6 +84,30 @@ impl RedisServer {
         }
     }
 
+    /// Freezes the server (SIGSTOP) for `how_long` on a thread; it then carries on (SIGCONT).
+    pub fn stall(&self, how_long: Duration) -> std::thread::JoinHandle<()> {
+        let pid = self
+            .child
+            .as_ref()
+            .expect("redis-server running")
+            .id()
+            .to_string();
+        let signal = |name: &str| {
+            let status = Command::new("kill")
+                .arg(format!("-{name}"))
+                .arg(&pid)
+                .status()
+                .unwrap();
+            assert!(status.success(), "kill -{name} {pid}");
+        };
+        signal("STOP");
+        let pid_again = pid.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(how_long);
+            let _ = Command::new("kill").arg("-CONT").arg(&pid_again).status();
+        })
+    }
+
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
