@@ -12,13 +12,14 @@ mod common;
 #[path = "common/traffic.rs"]
 mod traffic;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::redis::RedisServer;
 use common::{Server, find_program, free_port, http_get, skip_unless_ci};
 use traffic::{Traffic, check};
 
@@ -33,7 +34,7 @@ const DRAIN_DEADLINE_MS: &str = "5000";
 fn clients_move_from_blue_to_green_without_losing_a_message() {
     // Debian puts haproxy in /usr/sbin, which is not on every user's PATH.
     let haproxy = find_program("haproxy").or_else(|| find_program("/usr/sbin/haproxy"));
-    let (Some(redis_server), Some(haproxy)) = (find_program("redis-server"), haproxy) else {
+    let (Some(_), Some(haproxy)) = (find_program("redis-server"), haproxy) else {
         skip_unless_ci(
             "redis-server or haproxy is not on PATH; install them with \
              `apt-get install -y redis-server haproxy`",
@@ -46,18 +47,15 @@ fn clients_move_from_blue_to_green_without_losing_a_message() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        tokio::time::timeout(
-            Duration::from_secs(120),
-            swap_under_traffic(&redis_server, &haproxy),
-        )
-        .await
-        .expect("the blue-green test took longer than 2 minutes")
+        tokio::time::timeout(Duration::from_secs(120), swap_under_traffic(&haproxy))
+            .await
+            .expect("the blue-green test took longer than 2 minutes")
     });
 }
 
-async fn swap_under_traffic(redis_server: &Path, haproxy: &Path) {
+async fn swap_under_traffic(haproxy: &Path) {
     let dir = TempDir::new("bluegreen");
-    let redis = Redis::start(redis_server);
+    let redis = RedisServer::start();
     let redis_url = format!("redis://127.0.0.1:{}", redis.port);
     let (blue_port, green_port) = (free_port(), free_port());
     let env = |port: u16| {
@@ -252,51 +250,6 @@ impl Drop for Process {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// redis-server on a free port, in memory only.
-struct Redis {
-    _process: Process,
-    port: u16,
-}
-
-impl Redis {
-    fn start(program: &Path) -> Redis {
-        let port = free_port();
-        let mut process = Process::spawn(
-            Command::new(program)
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-                .args(["--protected-mode", "no", "--loglevel", "warning"]),
-        );
-        let started = Instant::now();
-        loop {
-            process.assert_running("redis-server");
-            if redis_ping(port) {
-                return Redis {
-                    _process: process,
-                    port,
-                };
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "redis-server did not answer PING:\n{}",
-                process.output()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-fn redis_ping(port: u16) -> bool {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-    let mut reply = [0u8; 7];
-    stream.write_all(b"PING\r\n").is_ok()
-        && stream.read_exact(&mut reply).is_ok()
-        && &reply == b"+PONG\r\n"
 }
 
 /// HAProxy in front of blue and green, configured like deploy/haproxy.cfg but with fixed
