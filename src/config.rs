@@ -4,6 +4,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use redis::IntoConnectionInfo;
+
 pub const ENV_ADDR: &str = "ROOMCAST_ADDR";
 pub const ENV_REDIS_URL: &str = "ROOMCAST_REDIS_URL";
 /// Accepted when `ROOMCAST_REDIS_URL` is unset: the name most compose files already use.
@@ -116,7 +118,11 @@ impl Config {
                 .or_else(|| source.get(ENV_REDIS_URL_FALLBACK))
             {
                 None => None,
-                Some(url) if url.starts_with("redis://") || url.starts_with("redis+unix://") => {
+                // Parsed here, not at connect time, so a typo stops the process with 64.
+                Some(url)
+                    if (url.starts_with("redis://") || url.starts_with("redis+unix://"))
+                        && url.as_str().into_connection_info().is_ok() =>
+                {
                     Some(url)
                 }
                 Some(_) => {
@@ -127,7 +133,7 @@ impl Config {
                     };
                     return Err(ConfigError {
                         variable,
-                        reason: "expected a redis:// URL".into(),
+                        reason: "expected a URL like redis://host:6379/0".into(),
                     });
                 }
             },
@@ -305,6 +311,7 @@ mod tests {
             (ENV_HEARTBEAT_MS, "soon"),
             (ENV_LOG, "loud"),
             (ENV_REDIS_URL, "http://x"),
+            (ENV_REDIS_URL, "redis://host:notaport"),
         ] {
             let error = config_from(&[(name, value)]).unwrap_err();
             assert_eq!(error.variable, name, "{value}");
