@@ -9,7 +9,7 @@ use common::redis::{RedisServer, redis_available};
 use common::{
     Server, WAIT, Ws, chat, connect, expect_close, http_get, next_message, recv_json, send_chat,
 };
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -254,21 +254,6 @@ async fn pubsub_kills_and_redis_restarts_lose_nothing() {
     }
     a.wait_metric("roomcast_rooms", 1).await;
     b.wait_metric("roomcast_rooms", 1).await;
-    let mut publisher = members.remove(0);
-    let mut publisher_seen = Vec::new();
-    let mut seen: Vec<Vec<u64>> = vec![Vec::new(); members.len()];
-    let mut sent = 0u64;
-
-    let publish_round =
-        async |publisher: &mut Ws, sent: &mut u64, seen_by_publisher: &mut Vec<u64>| {
-            for _ in 0..20 {
-                *sent += 1;
-                send_chat(publisher, &format!("m{sent}")).await;
-            }
-            collect_until(publisher, *sent, seen_by_publisher).await;
-        };
-
-    publish_round(&mut publisher, &mut sent, &mut publisher_seen).await;
     // A healthy connection stays up across the broker's keep-alive pings.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(a.metric("roomcast_broker_reconnects_total").await, 0);
@@ -277,34 +262,70 @@ async fn pubsub_kills_and_redis_restarts_lose_nothing() {
             .iter()
             .any(|line| line.contains("redis connection lost"))
     );
-    // Cut the pub/sub connections; each instance reconnects and fills the gap from the stream.
+
+    // A steady publisher on instance a, every member reading all along.
+    const TOTAL: u64 = 300;
+    let (mut publisher_out, mut publisher_in) = members.remove(0).split();
+    let publishing = tokio::spawn(async move {
+        for n in 1..=TOTAL {
+            let frame = serde_json::json!({ "message": format!("m{n}") }).to_string();
+            publisher_out.send(Message::text(frame)).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        publisher_out
+    });
+    let own_copies = tokio::spawn(async move {
+        let mut last = 0;
+        while last < TOTAL {
+            let message = tokio::time::timeout(WAIT, publisher_in.next())
+                .await
+                .expect("publisher starved");
+            if let Some(Ok(Message::Text(text))) = message {
+                let frame: Value = serde_json::from_str(text.as_str()).unwrap();
+                assert_eq!(
+                    frame["seq"].as_u64(),
+                    Some(last + 1),
+                    "publisher saw {frame}"
+                );
+                last += 1;
+            }
+        }
+    });
+    let readers: Vec<_> = members
+        .into_iter()
+        .map(|mut ws| {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                collect_until(&mut ws, TOTAL, &mut seen).await;
+                seen
+            })
+        })
+        .collect();
+
+    // Mid-traffic: cut the pub/sub connections; each instance reconnects and fills the gap.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     redis
         .command(&["CLIENT", "KILL", "TYPE", "pubsub"])
         .unwrap();
-    publish_round(&mut publisher, &mut sent, &mut publisher_seen).await;
-
-    // Redis goes away: both instances turn unready, publishes are held, sockets stay open.
+    // Then Redis goes away: both instances turn unready, publishes are held, sockets stay open.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     redis.stop();
     a.wait_metric("roomcast_ready", 0).await;
     b.wait_metric("roomcast_ready", 0).await;
-    for _ in 0..10 {
-        sent += 1;
-        send_chat(&mut publisher, &format!("m{sent}")).await;
-    }
     assert!(
         http_get(a.addr, "/healthz")
             .await
             .starts_with("HTTP/1.1 200")
     );
+    tokio::time::sleep(Duration::from_millis(300)).await;
     redis.restart();
     a.wait_metric("roomcast_ready", 1).await;
     b.wait_metric("roomcast_ready", 1).await;
-    collect_until(&mut publisher, sent, &mut publisher_seen).await;
-    publish_round(&mut publisher, &mut sent, &mut publisher_seen).await;
 
-    for (ws, seen) in members.iter_mut().zip(seen.iter_mut()) {
-        collect_until(ws, sent, seen).await;
-        assert_eq!(seen.len() as u64, sent);
+    let _publisher = publishing.await.unwrap();
+    own_copies.await.unwrap();
+    for reader in readers {
+        assert_eq!(reader.await.unwrap(), (1..=TOTAL).collect::<Vec<_>>());
     }
     // One reconnect after the kill, one after the restart.
     assert_eq!(a.metric("roomcast_broker_reconnects_total").await, 2);
