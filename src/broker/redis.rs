@@ -655,7 +655,7 @@ impl RoomTask {
         let Some(name) = room_of(message.get_channel_name()) else {
             return Ok(());
         };
-        let Some(room) = self.rooms.get_mut(name) else {
+        let Some(room) = self.rooms.get(name) else {
             return Ok(());
         };
         let Ok(payload) = std::str::from_utf8(message.get_payload_bytes()) else {
@@ -672,30 +672,31 @@ impl RoomTask {
         if epoch == room.epoch && seq <= room.delivered {
             return Ok(());
         }
-        if epoch != room.epoch || seq > room.delivered + 1 {
-            // Missed messages (or a new epoch): fetch the gap from the stream, in order.
+        // Missed messages (or a new epoch): fetch the gap from the stream, in order.
+        let missing = if epoch != room.epoch || seq > room.delivered + 1 {
             let (since, reader_epoch) = (room.delivered, room.epoch.clone());
-            let missing = snapshot(
+            let gap = snapshot(
                 &mut link.commands,
                 &self.inner,
                 name,
                 Some(since),
                 Some(&reader_epoch),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-            let room = self.rooms.get_mut(name).expect("room checked above");
+            );
+            Some(gap.await.map_err(|e| e.to_string())?)
+        } else {
+            None
+        };
+        let Some(room) = self.rooms.get_mut(name) else {
+            return Ok(());
+        };
+        if let Some(missing) = missing {
             room.catch_up(missing, seq, &self.inner.metrics);
             if seq <= room.delivered || epoch != room.epoch {
                 return Ok(());
             }
         }
-        let room = self.rooms.get_mut(name).expect("room checked above");
-        room.fan_out(
-            seq,
-            &Delivery::Chat(Frame::from(frame.to_string())),
-            &self.inner.metrics,
-        );
+        let delivery = Delivery::Chat(Frame::from(frame.to_string()));
+        room.fan_out(seq, &delivery, &self.inner.metrics);
         room.delivered = seq;
         Ok(())
     }
