@@ -1,5 +1,7 @@
 //! Wire types of the chat WebSocket, encoded and decoded with serde_json; no I/O.
 
+use std::fmt::Write;
+
 use serde_json::Value;
 
 /// The subprotocol that opts a client in to welcome, replay, reset and error frames.
@@ -56,9 +58,8 @@ pub fn chat_frame(message: &str, seq: u64) -> String {
     let mut frame = String::with_capacity(message.len() + 32);
     frame.push_str("{\"message\":");
     push_json_string(&mut frame, message);
-    frame.push_str(",\"seq\":");
-    frame.push_str(&seq.to_string());
-    frame.push('}');
+    // Written in place: this runs once per published message.
+    let _ = write!(frame, ",\"seq\":{seq}}}");
     frame
 }
 
