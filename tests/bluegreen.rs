@@ -137,20 +137,7 @@ async fn swap_under_traffic(haproxy: &Path) {
 
     let outcome = check(&tallies, last_seq, 1012, &hint);
     eprintln!(
-        "bluegreen: {} clients, {} messages (seq 1..={}), {} re-sent, {} seen twice by the \
-         publisher, {} lost; blue exited {} {:?} after SIGTERM (swap {:?}); longest outage \
-         {:?}, median {:?}",
-        outcome.clients,
-        outcome.sent,
-        outcome.last_seq,
-        outcome.resent,
-        outcome.echoed_twice,
-        outcome.lost,
-        status,
-        took,
-        swap_took,
-        outcome.longest_outage,
-        outcome.median_outage,
+        "bluegreen: {outcome}; blue exited {status} {took:?} after SIGTERM (swap {swap_took:?})"
     );
     drop(proxy);
     drop(redis);

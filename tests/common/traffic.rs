@@ -285,6 +285,25 @@ pub struct Outcome {
     pub median_outage: Duration,
 }
 
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} clients, {} messages (seq 1..={}), {} re-sent ({} seen twice by the publisher), \
+             {} lost; clients were disconnected at most {:.0?} (median of each client's longest \
+             {:.0?})",
+            self.clients,
+            self.sent,
+            self.last_seq,
+            self.resent,
+            self.echoed_twice,
+            self.lost,
+            self.longest_outage,
+            self.median_outage,
+        )
+    }
+}
+
 /// The zero-loss check: every client saw every seq after its base exactly once, in order,
 /// with the same message at each seq; every published message is in that order; every
 /// connection ended with `expected_close` (the swap) and nothing else. `hint` is added to the
