@@ -4,8 +4,6 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use redis::IntoConnectionInfo;
-
 pub const ENV_ADDR: &str = "ROOMCAST_ADDR";
 pub const ENV_REDIS_URL: &str = "ROOMCAST_REDIS_URL";
 /// Accepted when `ROOMCAST_REDIS_URL` is unset: the name most compose files already use.
@@ -37,8 +35,9 @@ pub enum LogLevel {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub addr: SocketAddr,
-    /// `None` runs the embedded in-process broker.
-    pub redis_url: Option<String>,
+    /// `None` runs the embedded in-process broker. A client holds only the parsed URL; it
+    /// connects when the broker starts.
+    pub redis: Option<redis::Client>,
     /// Runtime worker threads; 0 means one per core.
     pub workers: usize,
     /// How long `/readyz` answers 503 before the listener closes, so a proxy notices first.
@@ -63,7 +62,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             addr: SocketAddr::from(([0, 0, 0, 0], 8000)),
-            redis_url: None,
+            redis: None,
             workers: 0,
             shutdown_delay: Duration::from_millis(1500),
             drain_deadline: Duration::from_secs(5),
@@ -113,29 +112,19 @@ impl Config {
                 v.parse()
                     .map_err(|_| "expected HOST:PORT, e.g. 0.0.0.0:8000".into())
             })?,
-            redis_url: match source
+            redis: match source
                 .get(ENV_REDIS_URL)
                 .or_else(|| source.get(ENV_REDIS_URL_FALLBACK))
             {
                 None => None,
                 // Parsed here, not at connect time, so a typo stops the process with 64.
-                Some(url)
-                    if (url.starts_with("redis://") || url.starts_with("redis+unix://"))
-                        && url.as_str().into_connection_info().is_ok() =>
-                {
-                    Some(url)
+                Some(url) if url.starts_with("redis://") || url.starts_with("redis+unix://") => {
+                    match redis::Client::open(url.as_str()) {
+                        Ok(client) => Some(client),
+                        Err(_) => return Err(bad_redis_url(&source)),
+                    }
                 }
-                Some(_) => {
-                    let variable = if source.get(ENV_REDIS_URL).is_some() {
-                        ENV_REDIS_URL
-                    } else {
-                        ENV_REDIS_URL_FALLBACK
-                    };
-                    return Err(ConfigError {
-                        variable,
-                        reason: "expected a URL like redis://host:6379/0".into(),
-                    });
-                }
+                Some(_) => return Err(bad_redis_url(&source)),
             },
             workers: source.number(ENV_WORKERS, defaults.workers, 0..=256)?,
             shutdown_delay: source.millis(ENV_SHUTDOWN_DELAY_MS, defaults.shutdown_delay, 0)?,
@@ -192,6 +181,19 @@ impl Config {
             });
         }
         Ok(config)
+    }
+}
+
+/// Names whichever Redis URL variable was set, without echoing the URL: it may hold a password.
+fn bad_redis_url(source: &Source<'_>) -> ConfigError {
+    let variable = if source.get(ENV_REDIS_URL).is_some() {
+        ENV_REDIS_URL
+    } else {
+        ENV_REDIS_URL_FALLBACK
+    };
+    ConfigError {
+        variable,
+        reason: "expected a URL like redis://host:6379/0".into(),
     }
 }
 
@@ -266,7 +268,7 @@ mod tests {
     fn defaults_when_nothing_is_set() {
         let config = config_from(&[]).unwrap();
         assert_eq!(config.addr.to_string(), "0.0.0.0:8000");
-        assert_eq!(config.redis_url, None);
+        assert!(config.redis.is_none());
         assert!(config.allowed_origins.is_empty());
     }
 
@@ -282,7 +284,11 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(config.addr.port(), 9000);
-        assert_eq!(config.redis_url.as_deref(), Some("redis://127.0.0.1:6379"));
+        let redis = config.redis.unwrap();
+        assert_eq!(
+            redis.get_connection_info().addr().to_string(),
+            "127.0.0.1:6379"
+        );
         assert_eq!(config.drain_deadline, Duration::from_millis(2500));
         assert_eq!(
             config.allowed_origins,
@@ -299,7 +305,11 @@ mod tests {
             (ENV_REDIS_URL_FALLBACK, "redis://other:6379"),
         ])
         .unwrap();
-        assert_eq!(config.redis_url.as_deref(), Some("redis://primary:6379"));
+        let redis = config.redis.unwrap();
+        assert_eq!(
+            redis.get_connection_info().addr().to_string(),
+            "primary:6379"
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod probe;
 pub mod protocol;
 pub mod server;
 pub mod session;
+pub mod shared;
 pub mod shutdown;
 
 pub use server::run;

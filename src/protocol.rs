@@ -53,14 +53,73 @@ pub fn parse_chat(text: &str) -> Result<String, InboundError> {
     }
 }
 
-/// `{"message": ..., "seq": N}`, encoded once per published message.
-pub fn chat_frame(message: &str, seq: u64) -> String {
-    let mut frame = String::with_capacity(message.len() + 32);
-    frame.push_str("{\"message\":");
-    push_json_string(&mut frame, message);
-    // Written in place: this runs once per published message.
-    let _ = write!(frame, ",\"seq\":{seq}}}");
-    frame
+/// A chat frame before its seq is known: `prefix + seq + suffix` is the whole frame,
+/// `{"message":"…","seq":N,"ts":T}` (plus `"user":{…}` before `ts` when the sender is known).
+///
+/// Both brokers build frames only through this, so a frame from Redis is byte-identical to
+/// one from the embedded broker; the Redis publish script only puts the seq in between.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatParts {
+    pub prefix: String,
+    pub suffix: String,
+}
+
+impl ChatParts {
+    /// `message` as sent, `user` as an encoded JSON object, `ts` in ms since the Unix epoch.
+    pub fn new(message: &str, user: Option<&str>, ts: u64) -> ChatParts {
+        let mut prefix = String::with_capacity(message.len() + 20);
+        prefix.push_str("{\"message\":");
+        push_json_string(&mut prefix, message);
+        prefix.push_str(",\"seq\":");
+        let mut suffix = String::with_capacity(24 + user.map_or(0, str::len));
+        if let Some(user) = user {
+            suffix.push_str(",\"user\":");
+            suffix.push_str(user);
+        }
+        let _ = write!(suffix, ",\"ts\":{ts}}}");
+        ChatParts { prefix, suffix }
+    }
+
+    /// The whole frame, allocated at its exact size: it may sit in history for a long time.
+    pub fn with_seq(&self, seq: u64) -> String {
+        let mut digits = [0u8; 20];
+        let seq = format_u64(&mut digits, seq);
+        let mut frame = String::with_capacity(self.prefix.len() + seq.len() + self.suffix.len());
+        frame.push_str(&self.prefix);
+        frame.push_str(seq);
+        frame.push_str(&self.suffix);
+        frame
+    }
+
+    /// Bytes the parts take, which bounds what a held publish costs.
+    pub fn len(&self) -> usize {
+        self.prefix.len() + self.suffix.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// `value` in decimal, written into `buffer` without allocating.
+fn format_u64(buffer: &mut [u8; 20], mut value: u64) -> &str {
+    let mut start = buffer.len();
+    loop {
+        start -= 1;
+        buffer[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buffer[start..]).unwrap_or("0")
+}
+
+/// The server's clock in ms since the Unix epoch: the `ts` of a chat frame.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
 }
 
 pub fn welcome_frame(room: &str, epoch: &str, seq: u64) -> String {
@@ -101,9 +160,33 @@ pub fn error_frame(code: &str, detail: &str) -> String {
     frame
 }
 
-fn push_json_string(out: &mut String, value: &str) {
-    // Serializing a &str cannot fail.
-    out.push_str(&serde_json::to_string(value).unwrap_or_default());
+/// `value` as a JSON string, escaped in place: quote, backslash and control characters, as
+/// serde_json writes them, without a temporary string.
+pub fn push_json_string(out: &mut String, value: &str) {
+    out.push('"');
+    let mut clean_from = 0;
+    for (at, byte) in value.bytes().enumerate() {
+        let escape = match byte {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&value[clean_from..at]);
+        if escape.is_empty() {
+            let _ = write!(out, "\\u{byte:04x}");
+        } else {
+            out.push_str(escape);
+        }
+        clean_from = at + 1;
+    }
+    out.push_str(&value[clean_from..]);
+    out.push('"');
 }
 
 #[cfg(test)]
@@ -142,9 +225,38 @@ mod tests {
     }
 
     #[test]
+    fn chat_frames_put_the_seq_between_their_parts() {
+        let anonymous = ChatParts::new("hi", None, 1_700_000_000_123);
+        assert_eq!(
+            anonymous.with_seq(17),
+            r#"{"message":"hi","seq":17,"ts":1700000000123}"#
+        );
+        let known = ChatParts::new("hi", Some(r#"{"id":"42","name":"Ada"}"#), 5);
+        assert_eq!(
+            known.with_seq(0),
+            r#"{"message":"hi","seq":0,"user":{"id":"42","name":"Ada"},"ts":5}"#
+        );
+        let frame = anonymous.with_seq(u64::MAX);
+        assert_eq!(frame.capacity(), frame.len());
+        let value: Value = serde_json::from_str(&frame).unwrap();
+        assert_eq!(value["seq"], u64::MAX);
+    }
+
+    #[test]
+    fn strings_are_escaped_exactly_as_serde_json_does() {
+        let all_ascii: String = (0u8..=127).map(char::from).collect();
+        for text in ["", "plain", "é ✓ 🎉", "\"\\/", &all_ascii, "\u{7f}\u{1f}x"] {
+            let mut ours = String::new();
+            push_json_string(&mut ours, text);
+            assert_eq!(ours, serde_json::to_string(text).unwrap(), "{text:?}");
+        }
+    }
+
+    #[test]
     fn frames_are_valid_json_with_escaping() {
-        let chat: Value = serde_json::from_str(&chat_frame("a \"quote\"\n", 7)).unwrap();
-        assert_eq!(chat["message"], "a \"quote\"\n");
+        let frame = ChatParts::new("a \"quote\"\n\u{1}", None, 1).with_seq(7);
+        let chat: Value = serde_json::from_str(&frame).unwrap();
+        assert_eq!(chat["message"], "a \"quote\"\n\u{1}");
         assert_eq!(chat["seq"], 7);
 
         let welcome: Value = serde_json::from_str(&welcome_frame("lobby", "e1", 3)).unwrap();

@@ -3,7 +3,6 @@
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::json;
@@ -11,26 +10,15 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, sleep, timeout};
 
-use crate::broker::Broker;
-use crate::broker::local::LocalBroker;
-use crate::broker::redis::RedisBroker;
 use crate::config::Config;
-use crate::health::Health;
 use crate::http::{self, Endpoints};
-use crate::metrics::{self, Metrics};
+use crate::metrics::Metrics;
+use crate::shared::Shared;
 use crate::shutdown::{self, Shutdown};
 use crate::{log, session};
 
 /// Connections being answered 503 at once; past this they are closed after one write.
 const MAX_REFUSALS: usize = 64;
-
-/// What every connection task shares.
-pub struct Shared {
-    pub config: Config,
-    pub health: Arc<Health>,
-    pub metrics: Arc<Metrics>,
-    pub broker: Broker,
-}
 
 /// Serves `listener` until `shutdown` resolves, then drains: the one entry point.
 ///
@@ -39,32 +27,7 @@ pub struct Shared {
 /// → wait for the drain under `drain_deadline` → close the broker.
 pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future) -> io::Result<()> {
     let addr = listener.local_addr()?;
-    let metrics = Arc::new(Metrics::default());
-    let health = Arc::new(Health::default());
-    let broker = match &config.redis_url {
-        None => {
-            health.set_broker_up(true);
-            Broker::Local(LocalBroker::new(
-                config.history,
-                config.send_queue,
-                Arc::clone(&metrics),
-            ))
-        }
-        Some(url) => RedisBroker::start(url, &config, Arc::clone(&health), Arc::clone(&metrics))
-            .map(Broker::Redis)
-            .map_err(|error| {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("bad Redis URL: {error}"),
-                )
-            })?,
-    };
-    let shared = Arc::new(Shared {
-        config,
-        health,
-        metrics,
-        broker,
-    });
+    let shared = Arc::new(Shared::start(config));
     shared.health.set_listening();
     let (trigger, holder) = shutdown::channel();
     let limit = Arc::new(Semaphore::new(shared.config.max_connections));
@@ -77,10 +40,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future) -
     };
 
     let startup = crate::process_start().elapsed();
-    shared
-        .metrics
-        .startup_micros
-        .store(startup.as_micros() as u64, Ordering::Relaxed);
+    shared.metrics.started_in(startup.as_micros() as u64);
     log::info(
         "listening",
         json!({ "addr": addr.to_string(), "startup_us": startup.as_micros() as u64, "broker": shared.broker.name() }),
@@ -97,7 +57,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future) -
     drop(acceptor);
 
     let drain_started = Instant::now();
-    let websockets = shared.metrics.websockets_open.load(Ordering::Relaxed);
+    let websockets = shared.metrics.websockets_open();
     trigger.start();
     let deadline = shared.config.drain_deadline;
     let drained = timeout(deadline, async {
@@ -165,14 +125,14 @@ impl Acceptor {
 
     fn admit(&self, stream: TcpStream) {
         let metrics = &self.shared.metrics;
-        metrics::bump(&metrics.connections_total);
+        metrics.connection_accepted();
         match Arc::clone(&self.limit).try_acquire_owned() {
             Ok(permit) => {
                 let shared = Arc::clone(&self.shared);
                 tokio::spawn(handle(stream, shared, self.shutdown.clone(), permit));
             }
             Err(_) => {
-                metrics::bump(&metrics.connections_rejected);
+                metrics.connection_refused();
                 match Arc::clone(&self.refusals).try_acquire_owned() {
                     Ok(permit) => {
                         tokio::spawn(async move {
@@ -219,7 +179,7 @@ struct OpenConnection<'a> {
 
 impl<'a> OpenConnection<'a> {
     fn new(metrics: &'a Metrics, permit: OwnedSemaphorePermit) -> Self {
-        metrics::bump(&metrics.connections_open);
+        metrics.connection_opened();
         OpenConnection {
             metrics,
             _permit: permit,
@@ -229,6 +189,6 @@ impl<'a> OpenConnection<'a> {
 
 impl Drop for OpenConnection<'_> {
     fn drop(&mut self) {
-        metrics::drop_one(&self.metrics.connections_open);
+        self.metrics.connection_closed();
     }
 }

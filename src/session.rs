@@ -16,9 +16,9 @@ use crate::broker::{Delivery, Membership, Replay, Resume, Unavailable};
 use crate::config::{Config, LogLevel};
 use crate::http::{Status, Target, Upgrade, error_response};
 use crate::log;
-use crate::metrics::{self, drop_one};
-use crate::protocol::{self, CLOSE_SLOW_READER};
-use crate::server::Shared;
+use crate::metrics::Metrics;
+use crate::protocol::{self, CLOSE_SLOW_READER, ChatParts};
+use crate::shared::Shared;
 use crate::shutdown::Shutdown;
 
 /// How long to wait for the peer's close frame after sending ours.
@@ -33,13 +33,13 @@ pub async fn run(stream: TcpStream, upgrade: Upgrade, shared: &Shared, shutdown:
     // The handshake's state is freed before the long-lived part starts: at thousands of idle
     // connections, what a session keeps allocated is what the server costs.
     let opened = Box::pin(handshake(stream, upgrade, shared)).await;
-    metrics::bump(&shared.metrics.websockets_open);
+    shared.metrics.websocket_opened();
     match opened {
         Some(Opened::Chat(session)) => Box::pin(session.run(shutdown)).await,
         Some(Opened::Echo(socket)) => Box::pin(echo(socket, shared, shutdown)).await,
         None => {}
     }
-    drop_one(&shared.metrics.websockets_open);
+    shared.metrics.websocket_closed();
 }
 
 enum Opened<'a> {
@@ -201,7 +201,7 @@ impl ChatSession<'_> {
         match message {
             Message::Text(text) => self.on_text(text.as_str()).await,
             Message::Binary(_) => {
-                metrics::bump(&self.shared.metrics.invalid_frames);
+                self.shared.metrics.invalid_frame();
                 Some(Ending::Close(
                     CloseCode::Unsupported,
                     "binary frames are not accepted",
@@ -215,12 +215,16 @@ impl ChatSession<'_> {
 
     async fn on_text(&mut self, text: &str) -> Option<Ending> {
         let metrics = &self.shared.metrics;
-        metrics::bump(&metrics.messages_in);
+        metrics.message_received();
         let error = match protocol::parse_chat(text) {
-            Ok(message) => match self.membership.publish(&message).await {
+            Ok(message) => match self
+                .membership
+                .publish(ChatParts::new(&message, None, protocol::now_ms()))
+                .await
+            {
                 Ok(()) => return None,
                 Err(Unavailable) => {
-                    metrics::bump(&metrics.publish_errors);
+                    metrics.publish_refused();
                     if !self.extended {
                         return Some(Ending::Close(
                             CloseCode::Again,
@@ -231,7 +235,7 @@ impl ChatSession<'_> {
                 }
             },
             Err(invalid) => {
-                metrics::bump(&metrics.invalid_frames);
+                metrics.invalid_frame();
                 if !self.extended {
                     return Some(Ending::Close(CloseCode::Invalid, invalid.detail()));
                 }
@@ -321,8 +325,9 @@ impl ChatSession<'_> {
                     && publish_in_flight
                     && let Ok(chat) = protocol::parse_chat(text.as_str())
                 {
-                    metrics::bump(&self.shared.metrics.messages_in);
-                    let _ = self.membership.publish(&chat).await;
+                    self.shared.metrics.message_received();
+                    let chat = ChatParts::new(&chat, None, protocol::now_ms());
+                    let _ = self.membership.publish(chat).await;
                 }
             }
         })
@@ -340,14 +345,14 @@ impl ChatSession<'_> {
 }
 
 /// Maps a read error to the close the peer should get.
-fn ending_for(error: WsError, metrics: &crate::metrics::Metrics) -> Ending {
+fn ending_for(error: WsError, metrics: &Metrics) -> Ending {
     match error {
         WsError::Capacity(_) => {
-            metrics::bump(&metrics.invalid_frames);
+            metrics.invalid_frame();
             Ending::Close(CloseCode::Size, "message too large")
         }
         WsError::Utf8(_) => {
-            metrics::bump(&metrics.invalid_frames);
+            metrics.invalid_frame();
             Ending::Close(CloseCode::Invalid, "text frame is not valid UTF-8")
         }
         WsError::Protocol(_) => Ending::Close(CloseCode::Protocol, "protocol error"),

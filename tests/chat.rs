@@ -52,7 +52,12 @@ async fn extra_keys_are_ignored_like_channels_does() {
     .await
     .unwrap();
     let frame = recv_json(&mut ws).await;
-    assert_eq!(frame, serde_json::json!({ "message": "hi", "seq": 1 }));
+    let ts = frame["ts"].as_u64().expect("a server timestamp");
+    assert_eq!(
+        frame,
+        serde_json::json!({ "message": "hi", "seq": 1, "ts": ts }),
+        "a client's own user key is not passed on"
+    );
 }
 
 #[tokio::test]

@@ -8,8 +8,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc::{self, error::TrySendError};
 
 use super::{Delivery, Frame, MemberHandle, Membership, Resume, plan_replay};
-use crate::metrics::{self, Metrics};
-use crate::protocol;
+use crate::metrics::Metrics;
+use crate::protocol::ChatParts;
 
 pub struct LocalBroker {
     rooms: Mutex<HashMap<String, Arc<Room>>>,
@@ -76,9 +76,7 @@ impl LocalBroker {
                 })
             })
             .clone();
-        self.metrics
-            .rooms
-            .store(rooms.len() as u64, Ordering::Relaxed);
+        self.metrics.rooms_now(rooms.len());
         let mut state = room.state.lock().unwrap_or_else(|e| e.into_inner());
         drop(rooms);
         let id = state.next_member_id;
@@ -92,17 +90,13 @@ impl LocalBroker {
         );
         let seq = state.seq;
         drop(state);
-        Membership {
-            feed,
-            epoch: room.epoch.clone(),
-            seq,
-            replay,
-            handle: MemberHandle::Local(Member {
-                broker: Arc::clone(self),
-                room,
-                id,
-            }),
-        }
+        let epoch = room.epoch.clone();
+        let member = Member {
+            broker: Arc::clone(self),
+            room,
+            id,
+        };
+        Membership::new(feed, epoch, seq, replay, MemberHandle::Local(member))
     }
 
     fn leave(&self, room: &Arc<Room>, id: u64) {
@@ -114,9 +108,7 @@ impl LocalBroker {
             .is_some_and(|current| Arc::ptr_eq(current, room));
         if state.members.is_empty() && is_current {
             rooms.remove(&room.name);
-            self.metrics
-                .rooms
-                .store(rooms.len() as u64, Ordering::Relaxed);
+            self.metrics.rooms_now(rooms.len());
         }
     }
 
@@ -128,10 +120,10 @@ impl LocalBroker {
 
 impl Member {
     /// Assigns the next seq, encodes the frame once and queues it to every member.
-    pub fn publish(&self, message: &str) {
+    pub fn publish(&self, chat: &ChatParts) {
         let mut state = self.room.state.lock().unwrap_or_else(|e| e.into_inner());
         state.seq += 1;
-        let frame = Frame::from(protocol::chat_frame(message, state.seq));
+        let frame = Frame::from(chat.with_seq(state.seq));
         if self.broker.history_len > 0 {
             if state.history.len() == self.broker.history_len {
                 state.history.pop_front();
@@ -157,12 +149,9 @@ impl Member {
             },
         );
         drop(state);
-        self.broker
-            .metrics
-            .messages_out
-            .fetch_add(delivered, Ordering::Relaxed);
+        self.broker.metrics.frames_queued(delivered);
         for _ in 0..dropped {
-            metrics::bump(&self.broker.metrics.slow_reader_drops);
+            self.broker.metrics.slow_reader_dropped();
         }
     }
 }
@@ -191,7 +180,7 @@ mod tests {
 
     fn publish(membership: &Membership, message: &str) {
         match &membership.handle {
-            MemberHandle::Local(member) => member.publish(message),
+            MemberHandle::Local(member) => member.publish(&ChatParts::new(message, None, 9)),
             MemberHandle::Redis(_) => unreachable!("a local broker hands out local members"),
         }
     }
@@ -206,11 +195,11 @@ mod tests {
         for member in [&mut alice, &mut bob] {
             assert_eq!(
                 chat_text(member.feed.try_recv().unwrap()),
-                r#"{"message":"one","seq":1}"#
+                r#"{"message":"one","seq":1,"ts":9}"#
             );
             assert_eq!(
                 chat_text(member.feed.try_recv().unwrap()),
-                r#"{"message":"two","seq":2}"#
+                r#"{"message":"two","seq":2,"ts":9}"#
             );
         }
     }
@@ -270,6 +259,6 @@ mod tests {
         ));
         publish(&fast, "still here");
         assert!(fast.feed.try_recv().is_ok());
-        assert_eq!(broker.metrics.slow_reader_drops.load(Ordering::Relaxed), 1);
+        assert_eq!(broker.metrics.read("roomcast_slow_reader_drops_total"), 1);
     }
 }

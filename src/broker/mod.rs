@@ -12,7 +12,10 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::protocol::ResetReason;
+use crate::config::Config;
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::protocol::{ChatParts, ResetReason};
 
 /// An encoded frame, shared by every member it is delivered to.
 pub type Frame = Utf8Bytes;
@@ -73,14 +76,30 @@ impl fmt::Display for Unavailable {
 }
 
 impl Membership {
+    fn new(
+        feed: mpsc::Receiver<Delivery>,
+        epoch: String,
+        seq: u64,
+        replay: Replay,
+        handle: MemberHandle,
+    ) -> Membership {
+        Membership {
+            feed,
+            epoch,
+            seq,
+            replay,
+            handle,
+        }
+    }
+
     /// Publishes `message` to every member of the room, this one included.
-    pub async fn publish(&self, message: &str) -> Result<(), Unavailable> {
+    pub async fn publish(&self, chat: ChatParts) -> Result<(), Unavailable> {
         match &self.handle {
             MemberHandle::Local(member) => {
-                member.publish(message);
+                member.publish(&chat);
                 Ok(())
             }
-            MemberHandle::Redis(member) => member.publish(message).await,
+            MemberHandle::Redis(member) => member.publish(chat).await,
         }
     }
 }
@@ -91,6 +110,27 @@ pub enum Broker {
 }
 
 impl Broker {
+    /// The broker the configuration names. The embedded one is up at once; a Redis broker
+    /// connects (and reconnects) in the background and reports through `health`.
+    pub fn start(config: &Config, health: Arc<Health>, metrics: Arc<Metrics>) -> Broker {
+        match &config.redis {
+            None => {
+                health.set_broker_up(true);
+                Broker::Local(local::LocalBroker::new(
+                    config.history,
+                    config.send_queue,
+                    metrics,
+                ))
+            }
+            Some(client) => Broker::Redis(redis::RedisBroker::start(
+                client.clone(),
+                config,
+                health,
+                metrics,
+            )),
+        }
+    }
+
     pub async fn join(
         &self,
         room: &str,

@@ -9,6 +9,7 @@
 mod publisher;
 mod rooms;
 mod scripts;
+mod wire;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,6 +25,7 @@ use super::{Membership, Resume, Unavailable};
 use crate::config::Config;
 use crate::health::Health;
 use crate::metrics::Metrics;
+use crate::protocol::ChatParts;
 use publisher::Publisher;
 use rooms::RoomTask;
 
@@ -71,8 +73,7 @@ enum Command {
 
 struct Publish {
     room: Arc<str>,
-    /// The message already encoded as a JSON string.
-    message_json: String,
+    chat: ChatParts,
 }
 
 /// A session's place in a Redis-backed room; leaves it when dropped.
@@ -85,12 +86,11 @@ pub struct Member {
 impl RedisBroker {
     /// Starts the room task and the publisher; they connect (and reconnect) on their own.
     pub fn start(
-        url: &str,
+        client: Client,
         config: &Config,
         health: Arc<Health>,
         metrics: Arc<Metrics>,
-    ) -> Result<RedisBroker, RedisError> {
-        let client = Client::open(url)?;
+    ) -> RedisBroker {
         let (commands, command_queue) = mpsc::channel(1024);
         let (publishes, publish_queue) = mpsc::channel(config.publish_queue);
         let now = SystemTime::now()
@@ -116,11 +116,11 @@ impl RedisBroker {
             tokio::spawn(rooms.run(command_queue, stopped.clone())),
             tokio::spawn(publisher.run(publish_queue, stopped)),
         ];
-        Ok(RedisBroker {
+        RedisBroker {
             inner,
             stop,
             tasks: AsyncMutex::new(tasks),
-        })
+        }
     }
 
     pub async fn join(
@@ -165,10 +165,10 @@ impl Inner {
 }
 
 impl Member {
-    pub async fn publish(&self, message: &str) -> Result<(), Unavailable> {
+    pub async fn publish(&self, chat: ChatParts) -> Result<(), Unavailable> {
         let publish = Publish {
             room: Arc::clone(&self.room),
-            message_json: serde_json::to_string(message).map_err(|_| Unavailable)?,
+            chat,
         };
         let queue = &self.inner.publishes;
         // While Redis is up a full queue is back-pressure; while it is away, only the held
@@ -181,11 +181,8 @@ impl Member {
         } else {
             queue.try_send(publish).is_ok()
         };
-        let held = (queue.max_capacity() - queue.capacity()) as u64;
-        self.inner
-            .metrics
-            .publishes_held
-            .store(held, Ordering::Relaxed);
+        let held = queue.max_capacity() - queue.capacity();
+        self.inner.metrics.publishes_held_now(held);
         if sent { Ok(()) } else { Err(Unavailable) }
     }
 }
@@ -199,24 +196,6 @@ impl Drop for Member {
         };
         let _ = self.inner.commands.try_send(leave);
     }
-}
-
-fn keys(room: &str) -> [String; 4] {
-    let base = format!("roomcast:room:{{{room}}}");
-    [
-        format!("{base}:seq"),
-        format!("{base}:epoch"),
-        format!("{base}:log"),
-        format!("{base}:publishers"),
-    ]
-}
-
-fn channel_of(room: &str) -> String {
-    format!("roomcast:room:{{{room}}}")
-}
-
-fn room_of(channel: &str) -> Option<&str> {
-    channel.strip_prefix("roomcast:room:{")?.strip_suffix('}')
 }
 
 async fn connect(client: &Client) -> Result<MultiplexedConnection, RedisError> {

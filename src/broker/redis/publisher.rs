@@ -1,7 +1,6 @@
 //! The publisher task: publishes go to Redis in queue order, held while Redis is away.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
@@ -11,9 +10,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::sleep;
 
 use super::scripts::PUBLISH_SCRIPT;
-use super::{Inner, Publish, channel_of, connect, keys, next_backoff, stopping};
+use super::wire::{self, RoomKeys};
+use super::{Inner, Publish, connect, next_backoff, stopping};
 use crate::log;
-use crate::metrics;
 
 /// Publishes sent in one pipeline.
 const MAX_BATCH: usize = 128;
@@ -91,11 +90,8 @@ impl Publisher {
                 Ok(()) => {
                     batch.clear();
                     backoff = Duration::ZERO;
-                    let held = (queue.max_capacity() - queue.capacity()) as u64;
-                    self.inner
-                        .metrics
-                        .publishes_held
-                        .store(held, Ordering::Relaxed);
+                    let held = queue.max_capacity() - queue.capacity();
+                    self.inner.metrics.publishes_held_now(held);
                 }
                 Err(error) if error.code() == Some("NOSCRIPT") => {
                     let mut load = redis::cmd("SCRIPT");
@@ -112,7 +108,7 @@ impl Publisher {
                         json!({ "error": error.to_string(), "dropped": batch.len() }),
                     );
                     for _ in 0..batch.len() {
-                        metrics::bump(&self.inner.metrics.publish_errors);
+                        self.inner.metrics.publish_refused();
                     }
                     batch.clear();
                 }
@@ -139,20 +135,21 @@ impl Publisher {
     ) -> Result<(), RedisError> {
         let mut pipeline = redis::pipe();
         for (number, publish) in batch {
-            let [seq_key, epoch_key, log_key, publishers_key] = keys(&publish.room);
+            let keys = RoomKeys::of(&publish.room);
             pipeline
                 .cmd("EVALSHA")
                 .arg(&self.script_hash)
                 .arg(4)
-                .arg(seq_key)
-                .arg(epoch_key)
-                .arg(log_key)
-                .arg(publishers_key)
-                .arg(&publish.message_json)
+                .arg(keys.seq)
+                .arg(keys.epoch)
+                .arg(keys.log)
+                .arg(keys.publishers)
+                .arg(&publish.chat.prefix)
+                .arg(&publish.chat.suffix)
                 .arg(self.inner.fresh_epoch())
                 .arg(self.inner.history)
                 .arg(self.inner.room_ttl_secs)
-                .arg(channel_of(&publish.room))
+                .arg(wire::channel(&publish.room))
                 .arg(&self.inner.instance)
                 .arg(*number);
         }

@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -13,12 +12,11 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, interval, sleep, timeout};
 
 use super::scripts::{Snapshot, snapshot};
-use super::{
-    Command, Inner, Member, REDIS_TIMEOUT, channel_of, connect, next_backoff, room_of, stopping,
-};
+use super::wire::{self, Published};
+use super::{Command, Inner, Member, REDIS_TIMEOUT, connect, next_backoff, stopping};
 use crate::broker::{Delivery, Frame, MemberHandle, Membership, Resume, Unavailable, plan_replay};
 use crate::log;
-use crate::metrics::{self, Metrics};
+use crate::metrics::Metrics;
 use crate::protocol::{self, ResetReason};
 
 /// How often the room task drops closed members and pings the pub/sub connection.
@@ -56,13 +54,13 @@ impl Room {
                     true
                 }
                 Err(mpsc::error::TrySendError::Full(_)) => {
-                    metrics::bump(&metrics.slow_reader_drops);
+                    metrics.slow_reader_dropped();
                     false
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
             }
         });
-        metrics.messages_out.fetch_add(delivered, Ordering::Relaxed);
+        metrics.frames_queued(delivered);
     }
 
     fn notify_reset(&mut self, reason: ResetReason) {
@@ -152,7 +150,7 @@ impl RoomTask {
                 }
             };
             if ever_connected {
-                metrics::bump(&self.inner.metrics.broker_reconnects);
+                self.inner.metrics.broker_reconnected();
             }
             ever_connected = true;
             self.inner.set_up(&self.inner.pubsub_up, true);
@@ -311,21 +309,19 @@ impl RoomTask {
             live_after: latest.seq,
             feed: sender,
         });
-        self.inner
-            .metrics
-            .rooms
-            .store(self.rooms.len() as u64, Ordering::Relaxed);
-        Ok(Membership {
+        self.inner.metrics.rooms_now(self.rooms.len());
+        let member = Member {
+            inner,
+            room: name,
+            id,
+        };
+        Ok(Membership::new(
             feed,
-            epoch: latest.epoch,
-            seq: latest.seq,
+            latest.epoch,
+            latest.seq,
             replay,
-            handle: MemberHandle::Redis(Member {
-                inner,
-                room: name,
-                id,
-            }),
-        })
+            MemberHandle::Redis(member),
+        ))
     }
 
     fn forget(&mut self, room: &str, id: u64) {
@@ -342,10 +338,7 @@ impl RoomTask {
             .is_some_and(|state| state.members.is_empty())
         {
             self.rooms.remove(room);
-            self.inner
-                .metrics
-                .rooms
-                .store(self.rooms.len() as u64, Ordering::Relaxed);
+            self.inner.metrics.rooms_now(self.rooms.len());
             unsubscribe(&mut link.sink, room)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -354,7 +347,7 @@ impl RoomTask {
     }
 
     async fn on_message(&mut self, link: &mut Link, message: &redis::Msg) -> Result<(), String> {
-        let Some(name) = room_of(message.get_channel_name()) else {
+        let Some(name) = wire::room_of(message.get_channel_name()) else {
             return Ok(());
         };
         let Some(room) = self.rooms.get(name) else {
@@ -363,12 +356,7 @@ impl RoomTask {
         let Ok(payload) = std::str::from_utf8(message.get_payload_bytes()) else {
             return Ok(());
         };
-        let mut parts = payload.splitn(3, ' ');
-        let (Some(seq), Some(epoch), Some(frame)) = (parts.next(), parts.next(), parts.next())
-        else {
-            return Ok(());
-        };
-        let Ok(seq) = seq.parse::<u64>() else {
+        let Some(Published { seq, epoch, frame }) = Published::parse(payload) else {
             return Ok(());
         };
         if epoch == room.epoch && seq <= room.delivered {
@@ -419,10 +407,7 @@ impl RoomTask {
                 .await
                 .map_err(|e| e.to_string())?;
         }
-        self.inner
-            .metrics
-            .rooms
-            .store(self.rooms.len() as u64, Ordering::Relaxed);
+        self.inner.metrics.rooms_now(self.rooms.len());
         match timeout(REDIS_TIMEOUT, link.sink.ping::<Value>()).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(error)) => Err(error.to_string()),
@@ -437,14 +422,14 @@ enum Served {
 }
 
 async fn subscribe(sink: &mut PubSubSink, room: &str) -> Result<(), RedisError> {
-    match timeout(REDIS_TIMEOUT, sink.subscribe(channel_of(room))).await {
+    match timeout(REDIS_TIMEOUT, sink.subscribe(wire::channel(room))).await {
         Ok(result) => result,
         Err(_) => Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()),
     }
 }
 
 async fn unsubscribe(sink: &mut PubSubSink, room: &str) -> Result<(), RedisError> {
-    match timeout(REDIS_TIMEOUT, sink.unsubscribe(channel_of(room))).await {
+    match timeout(REDIS_TIMEOUT, sink.unsubscribe(wire::channel(room))).await {
         Ok(result) => result,
         Err(_) => Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()),
     }

@@ -3,33 +3,34 @@
 use redis::RedisError;
 use redis::aio::MultiplexedConnection;
 
-use super::{Inner, keys};
+use super::Inner;
+use super::wire::{self, RoomKeys};
 use crate::broker::Frame;
 
 /// Assigns the next seq, appends to the capped stream and publishes, all or nothing.
 /// A publish retried after a lost reply is recognised by its instance counter and skipped.
-/// KEYS: seq, epoch, log, publishers. ARGV: message as a JSON string, fresh epoch, history
-/// length, ttl seconds, channel, instance id, instance counter.
+/// KEYS: seq, epoch, log, publishers. ARGV: the frame's prefix and suffix (around the seq),
+/// fresh epoch, history length, ttl seconds, channel, instance id, instance counter.
 pub(super) const PUBLISH_SCRIPT: &str = r#"
-local last = tonumber(redis.call('HGET', KEYS[4], ARGV[6]) or '0')
-if tonumber(ARGV[7]) <= last then return 0 end
+local last = tonumber(redis.call('HGET', KEYS[4], ARGV[7]) or '0')
+if tonumber(ARGV[8]) <= last then return 0 end
 local epoch = redis.call('GET', KEYS[2])
 if not epoch then
-  epoch = ARGV[2]
+  epoch = ARGV[3]
   redis.call('SET', KEYS[2], epoch)
   redis.call('DEL', KEYS[1], KEYS[3])
 end
 local seq = redis.call('INCR', KEYS[1])
-local frame = '{"message":' .. ARGV[1] .. ',"seq":' .. seq .. '}'
-if tonumber(ARGV[3]) > 0 then
-  redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[3], seq .. '-0', 'f', frame)
+local frame = ARGV[1] .. seq .. ARGV[2]
+if tonumber(ARGV[4]) > 0 then
+  redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[4], seq .. '-0', 'f', frame)
 end
-redis.call('HSET', KEYS[4], ARGV[6], ARGV[7])
+redis.call('HSET', KEYS[4], ARGV[7], ARGV[8])
 -- Refresh the idle expiry once half of it has passed, not on every publish.
-if redis.call('TTL', KEYS[1]) < tonumber(ARGV[4]) / 2 then
-  for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[4]) end
+if redis.call('TTL', KEYS[1]) < tonumber(ARGV[5]) / 2 then
+  for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
 end
-redis.call('PUBLISH', ARGV[5], seq .. ' ' .. epoch .. ' ' .. frame)
+redis.call('PUBLISH', ARGV[6], seq .. ' ' .. epoch .. ' ' .. frame)
 return seq
 "#;
 
@@ -73,11 +74,11 @@ pub(super) async fn snapshot(
     since: Option<u64>,
     reader_epoch: Option<&str>,
 ) -> Result<Snapshot, RedisError> {
-    let [seq_key, epoch_key, log_key, _] = keys(room);
+    let keys = RoomKeys::of(room);
     let reply: (String, u64, Vec<StreamEntry>) = redis::Script::new(SNAPSHOT_SCRIPT)
-        .key(seq_key)
-        .key(epoch_key)
-        .key(log_key)
+        .key(keys.seq)
+        .key(keys.epoch)
+        .key(keys.log)
         .arg(inner.fresh_epoch())
         .arg(inner.room_ttl_secs)
         .arg(since.map_or(-1, |s| s as i64))
@@ -87,7 +88,7 @@ pub(super) async fn snapshot(
     let (epoch, seq, raw_entries) = reply;
     let mut entries = Vec::with_capacity(raw_entries.len());
     for (id, fields) in raw_entries {
-        let entry_seq = id.split('-').next().and_then(|s| s.parse().ok());
+        let entry_seq = wire::entry_seq(&id);
         if let (Some(entry_seq), Some((_, frame))) = (entry_seq, fields.into_iter().next()) {
             entries.push((entry_seq, Frame::from(frame)));
         }

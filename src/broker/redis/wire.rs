@@ -1,0 +1,111 @@
+//! The Redis wire format: a room's key and channel names, and the pub/sub payload.
+//!
+//! Every name carries the room in a `{hash tag}`, so all of a room's keys and its channel
+//! live in one cluster slot. The publish script (`scripts.rs`) writes the payload that
+//! [`Published::parse`] reads: `<seq> <epoch> <frame>`, one space each, the frame last since
+//! it may hold spaces. Stream entries have the id `<seq>-0` and one field, the frame.
+
+/// The keys of one room, in the order the scripts take them as `KEYS`.
+pub struct RoomKeys {
+    /// The room's latest seq (a string, `INCR`ed).
+    pub seq: String,
+    /// The room's epoch: one life of its history.
+    pub epoch: String,
+    /// The capped stream of encoded frames, one entry per seq.
+    pub log: String,
+    /// A hash of instance id → the last publish number applied, for exactly-once retries.
+    pub publishers: String,
+}
+
+const PREFIX: &str = "roomcast:room:{";
+
+impl RoomKeys {
+    pub fn of(room: &str) -> RoomKeys {
+        let base = channel(room);
+        RoomKeys {
+            seq: format!("{base}:seq"),
+            epoch: format!("{base}:epoch"),
+            log: format!("{base}:log"),
+            publishers: format!("{base}:publishers"),
+        }
+    }
+}
+
+/// The pub/sub channel of a room; its keys start with the same text.
+pub fn channel(room: &str) -> String {
+    format!("{PREFIX}{room}}}")
+}
+
+/// The room a channel belongs to.
+pub fn room_of(channel: &str) -> Option<&str> {
+    channel.strip_prefix(PREFIX)?.strip_suffix('}')
+}
+
+/// The seq of a stream entry id, `<seq>-0`.
+pub fn entry_seq(id: &str) -> Option<u64> {
+    id.strip_suffix("-0")?.parse().ok()
+}
+
+/// One published chat message as it arrives on a room's channel.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Published<'a> {
+    pub seq: u64,
+    pub epoch: &'a str,
+    pub frame: &'a str,
+}
+
+impl<'a> Published<'a> {
+    pub fn parse(payload: &'a str) -> Option<Published<'a>> {
+        let (seq, rest) = payload.split_once(' ')?;
+        let (epoch, frame) = rest.split_once(' ')?;
+        Some(Published {
+            seq: seq.parse().ok()?,
+            epoch,
+            frame,
+        })
+    }
+
+    /// The payload the publish script sends; the script builds the same string in Lua.
+    #[cfg(test)]
+    pub fn encode(&self) -> String {
+        format!("{} {} {}", self.seq, self.epoch, self.frame)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_channel_share_the_room_hash_tag() {
+        let keys = RoomKeys::of("lobby");
+        let channel = channel("lobby");
+        assert_eq!(channel, "roomcast:room:{lobby}");
+        for key in [&keys.seq, &keys.epoch, &keys.log, &keys.publishers] {
+            assert!(key.starts_with(&channel), "{key}");
+        }
+        assert_eq!(room_of(&channel), Some("lobby"));
+        assert_eq!(room_of("other:{lobby}"), None);
+    }
+
+    #[test]
+    fn payloads_round_trip_with_spaces_in_the_frame() {
+        let frame = r#"{"message":"a b  c","seq":12,"ts":1}"#;
+        let published = Published {
+            seq: 12,
+            epoch: "18c.0",
+            frame,
+        };
+        let payload = published.encode();
+        assert_eq!(Published::parse(&payload), Some(published));
+        assert_eq!(Published::parse("x 1 {}"), None);
+        assert_eq!(Published::parse("12 only-epoch"), None);
+    }
+
+    #[test]
+    fn entry_ids_carry_the_seq() {
+        assert_eq!(entry_seq("42-0"), Some(42));
+        assert_eq!(entry_seq("42-1"), None);
+        assert_eq!(entry_seq("x-0"), None);
+    }
+}
