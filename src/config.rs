@@ -17,12 +17,20 @@ pub const ENV_HEAD_TIMEOUT_MS: &str = "ROOMCAST_HEAD_TIMEOUT_MS";
 pub const ENV_MAX_CONNECTIONS: &str = "ROOMCAST_MAX_CONNECTIONS";
 pub const ENV_MAX_MESSAGE_BYTES: &str = "ROOMCAST_MAX_MESSAGE_BYTES";
 pub const ENV_SEND_QUEUE: &str = "ROOMCAST_SEND_QUEUE";
+pub const ENV_SEND_QUEUE_BYTES: &str = "ROOMCAST_SEND_QUEUE_BYTES";
 pub const ENV_HISTORY: &str = "ROOMCAST_HISTORY";
+pub const ENV_HISTORY_BYTES: &str = "ROOMCAST_HISTORY_BYTES";
+pub const ENV_HISTORY_BUDGET_BYTES: &str = "ROOMCAST_HISTORY_BUDGET_BYTES";
+pub const ENV_BACKLOG_BUDGET_BYTES: &str = "ROOMCAST_BACKLOG_BUDGET_BYTES";
+pub const ENV_INBOUND_BUDGET_BYTES: &str = "ROOMCAST_INBOUND_BUDGET_BYTES";
 pub const ENV_ROOM_TTL_SECS: &str = "ROOMCAST_ROOM_TTL_SECS";
 pub const ENV_PUBLISH_QUEUE: &str = "ROOMCAST_PUBLISH_QUEUE";
 pub const ENV_ALLOWED_ORIGINS: &str = "ROOMCAST_ALLOWED_ORIGINS";
 pub const ENV_LOG: &str = "ROOMCAST_LOG";
 pub const ENV_ECHO: &str = "ROOMCAST_ECHO";
+
+/// What a chat frame adds to its message at most: seq, timestamp and the sender's identity.
+pub const FRAME_OVERHEAD: usize = 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum LogLevel {
@@ -48,8 +56,20 @@ pub struct Config {
     pub head_timeout: Duration,
     pub max_connections: usize,
     pub max_message_bytes: usize,
+    /// Frames queued to one member...
     pub send_queue: usize,
+    /// ...and their bytes; past either the member is cut (4008).
+    pub send_queue_bytes: usize,
+    /// Messages kept per room...
     pub history: usize,
+    /// ...and their bytes, per room.
+    pub history_bytes: usize,
+    /// Every room's history together (embedded broker).
+    pub history_budget_bytes: usize,
+    /// Frames that only members' feeds still hold; past it the furthest behind are cut.
+    pub backlog_budget_bytes: usize,
+    /// Large messages being received, together; past it a sender is refused (1013).
+    pub inbound_budget_bytes: usize,
     pub room_ttl: Duration,
     pub publish_queue: usize,
     /// Empty means any origin may open a WebSocket.
@@ -72,7 +92,12 @@ impl Default for Config {
             max_connections: 20_000,
             max_message_bytes: 64 * 1024,
             send_queue: 256,
+            send_queue_bytes: 512 * 1024,
             history: 1000,
+            history_bytes: 1024 * 1024,
+            history_budget_bytes: 64 * 1024 * 1024,
+            backlog_budget_bytes: 32 * 1024 * 1024,
+            inbound_budget_bytes: 16 * 1024 * 1024,
             room_ttl: Duration::from_secs(24 * 3600),
             publish_queue: 1024,
             allowed_origins: Vec::new(),
@@ -143,7 +168,28 @@ impl Config {
                 16..=64 * 1024 * 1024,
             )?,
             send_queue: source.number(ENV_SEND_QUEUE, defaults.send_queue, 1..=65_536)?,
+            send_queue_bytes: source.number(
+                ENV_SEND_QUEUE_BYTES,
+                defaults.send_queue_bytes,
+                1024..=1 << 30,
+            )?,
             history: source.number(ENV_HISTORY, defaults.history, 0..=1_000_000)?,
+            history_bytes: source.number(ENV_HISTORY_BYTES, defaults.history_bytes, 0..=1 << 30)?,
+            history_budget_bytes: source.number(
+                ENV_HISTORY_BUDGET_BYTES,
+                defaults.history_budget_bytes,
+                0..=1 << 40,
+            )?,
+            backlog_budget_bytes: source.number(
+                ENV_BACKLOG_BUDGET_BYTES,
+                defaults.backlog_budget_bytes,
+                64 * 1024..=1 << 40,
+            )?,
+            inbound_budget_bytes: source.number(
+                ENV_INBOUND_BUDGET_BYTES,
+                defaults.inbound_budget_bytes,
+                0..=1 << 40,
+            )?,
             room_ttl: Duration::from_secs(source.number(
                 ENV_ROOM_TTL_SECS,
                 defaults.room_ttl.as_secs() as usize,
@@ -174,6 +220,16 @@ impl Config {
                 _ => Err("expected 0 or 1".into()),
             })?,
         };
+        // A frame is the message plus its seq, time and sender: a feed must hold the largest.
+        if config.send_queue_bytes < config.max_message_bytes + FRAME_OVERHEAD {
+            return Err(ConfigError {
+                variable: ENV_SEND_QUEUE_BYTES,
+                reason: format!(
+                    "must be at least {ENV_MAX_MESSAGE_BYTES} + {FRAME_OVERHEAD} ({})",
+                    config.max_message_bytes + FRAME_OVERHEAD
+                ),
+            });
+        }
         if config.peer_timeout <= config.heartbeat {
             return Err(ConfigError {
                 variable: ENV_PEER_TIMEOUT_MS,

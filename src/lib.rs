@@ -13,6 +13,7 @@ pub mod health;
 pub mod http;
 pub mod log;
 pub mod metrics;
+pub mod nofile;
 pub mod probe;
 pub mod protocol;
 pub mod server;

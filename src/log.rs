@@ -34,10 +34,38 @@ pub fn debug(msg: &str, fields: Value) {
     write(LogLevel::Debug, msg, fields);
 }
 
+/// A log line never grows past this: error texts from peers can be long.
+const MAX_LINE: usize = 1024;
+/// Text fields are cut to this many bytes.
+const MAX_FIELD: usize = 200;
+
+/// `text` cut to at most `MAX_FIELD` bytes, on a character boundary, marked when cut.
+pub fn cut(text: &str) -> String {
+    if text.len() <= MAX_FIELD {
+        return text.to_string();
+    }
+    let mut end = MAX_FIELD;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
 fn write(level: LogLevel, msg: &str, fields: Value) {
     if !enabled(level) {
         return;
     }
+    let fields = match fields {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(key, value)| match value {
+                    Value::String(text) => (key, Value::String(cut(&text))),
+                    other => (key, other),
+                })
+                .collect(),
+        ),
+        other => other,
+    };
     let level = match level {
         LogLevel::Error => "error",
         LogLevel::Warn => "warn",
@@ -57,6 +85,13 @@ fn write(level: LogLevel, msg: &str, fields: Value) {
             text.push_str(&fields[1..]);
         }
         _ => text.push('}'),
+    }
+    if text.len() > MAX_LINE {
+        text = format!(
+            "{{\"ts\":\"{}\",\"level\":\"{level}\",\"msg\":{},\"fields_cut\":true}}",
+            timestamp(),
+            Value::from(cut(msg))
+        );
     }
     text.push('\n');
     // One write per line so concurrent lines never interleave.
@@ -97,6 +132,15 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_texts_are_cut_on_a_character_boundary() {
+        assert_eq!(cut("short"), "short");
+        let long = "é".repeat(300);
+        let cut_text = cut(&long);
+        assert!(cut_text.len() <= MAX_FIELD + "…".len());
+        assert!(cut_text.ends_with('…'));
+    }
 
     #[test]
     fn converts_days_to_dates() {

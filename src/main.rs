@@ -10,7 +10,7 @@ use signal_hook_tokio::Signals;
 use tokio::sync::oneshot;
 
 use roomcast::config::{Config, ENV_ADDR};
-use roomcast::{log, probe};
+use roomcast::{log, nofile, probe};
 
 /// Bad configuration or usage, as in sysexits.h.
 const EXIT_USAGE: u8 = 64;
@@ -57,6 +57,23 @@ fn serve() -> ExitCode {
         }
     };
     log::set_level(config.log_level);
+    let nofile = nofile::raise();
+    let fitted = nofile::fit(config.max_connections, nofile);
+    if fitted < config.max_connections {
+        log::warn(
+            "connection cap lowered to fit the open-file limit",
+            json!({
+                "configured": config.max_connections,
+                "cap": fitted,
+                "nofile": nofile,
+                "reserve": nofile::RESERVE,
+            }),
+        );
+    }
+    let config = Config {
+        max_connections: fitted,
+        ..config
+    };
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
     if config.workers > 0 {

@@ -74,8 +74,14 @@ metrics! {
         "Members closed because their send queue was full.";
     invalid_frames: Counter = "roomcast_invalid_frames_total",
         "Frames rejected as invalid JSON, binary or oversized.";
+    inbound_refusals: Counter = "roomcast_inbound_budget_refusals_total",
+        "Connections closed (1013) because large messages in flight had used the inbound budget.";
     publish_errors: Counter = "roomcast_publish_errors_total",
-        "Publishes refused because the broker was unavailable.";
+        "Publishes refused at once: the broker was away and its hold queue full.";
+    publish_retries: Counter = "roomcast_publish_retries_total",
+        "Publishes Redis refused for a moment (memory, loading, failover) and that were retried.";
+    publish_failures: Counter = "roomcast_publish_failures_total",
+        "Publishes Redis refused for good; each sender was told.";
     broker_reconnects: Counter = "roomcast_broker_reconnects_total",
         "Broker connections re-established.";
     publishes_held: Gauge = "roomcast_publishes_held",
@@ -148,8 +154,20 @@ impl Metrics {
         self.invalid_frames.add(1);
     }
 
+    pub fn inbound_refused(&self) {
+        self.inbound_refusals.add(1);
+    }
+
     pub fn publish_refused(&self) {
         self.publish_errors.add(1);
+    }
+
+    pub fn publish_retried(&self) {
+        self.publish_retries.add(1);
+    }
+
+    pub fn publish_failed(&self) {
+        self.publish_failures.add(1);
     }
 
     pub fn broker_reconnected(&self) {

@@ -131,22 +131,28 @@ impl Acceptor {
                 let shared = Arc::clone(&self.shared);
                 tokio::spawn(handle(stream, shared, self.shutdown.clone(), permit));
             }
-            Err(_) => {
-                metrics.connection_refused();
-                match Arc::clone(&self.refusals).try_acquire_owned() {
-                    Ok(permit) => {
-                        tokio::spawn(async move {
-                            let mut stream = stream;
-                            http::send_and_close(&mut stream, http::BUSY).await;
-                            drop(permit);
-                        });
-                    }
-                    // Refusing a flood: one non-blocking write, then close.
-                    Err(_) => {
-                        let _ = stream.try_write(http::BUSY);
-                    }
+            // Past the cap, health checks are still answered (the reserve of file descriptors
+            // is for them); everything else gets 503.
+            Err(_) => match Arc::clone(&self.refusals).try_acquire_owned() {
+                Ok(permit) => {
+                    let shared = Arc::clone(&self.shared);
+                    tokio::spawn(async move {
+                        let mut stream = stream;
+                        let endpoints = Endpoints {
+                            config: &shared.config,
+                            health: &shared.health,
+                            metrics: &shared.metrics,
+                        };
+                        http::answer_at_cap(&mut stream, &endpoints).await;
+                        drop(permit);
+                    });
                 }
-            }
+                // Refusing a flood: one non-blocking write, then close.
+                Err(_) => {
+                    metrics.connection_refused();
+                    let _ = stream.try_write(http::BUSY);
+                }
+            },
         }
     }
 }

@@ -34,6 +34,9 @@ fn autobahn_fuzzing_client_finds_no_failure() {
     let server = Server::start(&[
         ("ROOMCAST_ECHO", "1"),
         ("ROOMCAST_MAX_MESSAGE_BYTES", "67108864"),
+        // The fuzzer sends messages of up to 16 MiB, several at once.
+        ("ROOMCAST_SEND_QUEUE_BYTES", "68000000"),
+        ("ROOMCAST_INBOUND_BUDGET_BYTES", "1073741824"),
     ]);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/autobahn");
     let report = Path::new(env!("CARGO_TARGET_TMPDIR")).join("autobahn");

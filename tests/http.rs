@@ -679,7 +679,7 @@ async fn an_upgrade_with_version_8_is_426() {
 }
 
 #[tokio::test]
-async fn allowed_origins_are_enforced_on_upgrades() {
+async fn allowed_origins_are_added_to_the_servers_own() {
     let server = Server::start(&[("ROOMCAST_ALLOWED_ORIGINS", "https://ok.example")]);
     let response = refused_upgrade(
         server.addr,
@@ -688,27 +688,29 @@ async fn allowed_origins_are_enforced_on_upgrades() {
     )
     .await;
     assert_error(&response, 403);
-    let response = refused_upgrade(server.addr, "/ws/chat/lobby/", "").await;
-    assert_error(&response, 403);
-    accepted_upgrade(
-        server.addr,
-        "/ws/chat/lobby/",
+    for origin in [
         "Origin: https://ok.example\r\n",
-    )
-    .await;
+        "Origin: http://test\r\n",
+        "",
+    ] {
+        accepted_upgrade(server.addr, "/ws/chat/lobby/", origin).await;
+    }
     assert_still_serving(server.addr).await;
 }
 
 #[tokio::test]
-async fn any_origin_is_accepted_without_a_list() {
+async fn only_the_same_origin_by_default_and_any_with_a_star() {
     let server = Server::start(&[]);
-    accepted_upgrade(
-        server.addr,
-        "/ws/chat/lobby/",
-        "Origin: https://evil.example\r\n",
-    )
-    .await;
+    let foreign = "Origin: https://evil.example\r\n";
+    assert_error(
+        &refused_upgrade(server.addr, "/ws/chat/lobby/", foreign).await,
+        403,
+    );
+    // The page's own origin, and a client that is not a browser (no Origin at all).
+    accepted_upgrade(server.addr, "/ws/chat/lobby/", "Origin: http://test\r\n").await;
     accepted_upgrade(server.addr, "/ws/chat/lobby", "").await;
+    let open = Server::start(&[("ROOMCAST_ALLOWED_ORIGINS", "*")]);
+    accepted_upgrade(open.addr, "/ws/chat/lobby/", foreign).await;
 }
 
 #[tokio::test]
@@ -753,13 +755,25 @@ async fn the_connection_cap_answers_503_and_recovers() {
     }
 
     let mut third = Client::connect(server.addr).await;
+    third.send(get("/").as_bytes()).await;
     let response = third.closing_response().await;
     assert_error(&response, 503);
     assert_eq!(response.header("retry-after"), Some("1"), "{response:?}");
 
+    // Health checks are answered past the cap: the orchestrator must see the truth.
+    for path in ["/readyz", "/healthz"] {
+        let mut probe = Client::connect(server.addr).await;
+        probe.send(get(path).as_bytes()).await;
+        assert_eq!(
+            probe.closing_response().await.status,
+            200,
+            "{path} at the cap"
+        );
+    }
+
     // One slot frees up when a held connection closes.
     drop(held.remove(0));
-    let response = get_when_admitted(server.addr, "/healthz").await;
+    let response = get_when_admitted(server.addr, "/").await;
     assert_eq!(response.status, 200, "{response:?}");
 
     let metrics = get_when_admitted(server.addr, "/metrics").await;

@@ -1,20 +1,33 @@
 //! The embedded broker: in-process rooms with per-room seqs and a bounded history.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tokio::sync::mpsc::{self, error::TrySendError};
-
-use super::{Delivery, Frame, MemberHandle, Membership, Resume, plan_replay};
+use super::feed::{self, FeedSender, Overflow};
+use super::history::{self, History, HistoryBudget, HistoryLimits};
+use super::ledger::FrameLedger;
+use super::{
+    Delivery, MemberHandle, Membership, PAGE_BYTES, PAGE_FRAMES, Page, Resume, plan_replay,
+};
+use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::protocol::ChatParts;
 
 pub struct LocalBroker {
     rooms: Mutex<HashMap<String, Arc<Room>>>,
-    history_len: usize,
+    limits: HistoryLimits,
+    /// Every room's history together.
+    history_budget: HistoryBudget,
+    /// One rebalance of the histories at a time.
+    rebalancing: AtomicBool,
+    frames: Arc<FrameLedger>,
+    /// Frames held for members beyond what history holds, past which the members furthest
+    /// behind are cut.
+    max_backlog_bytes: usize,
     send_queue: usize,
+    send_queue_bytes: usize,
     metrics: Arc<Metrics>,
     /// Makes epochs unique across restarts, so a resume after one is told to reset.
     epoch_prefix: u64,
@@ -29,10 +42,16 @@ struct Room {
 
 struct RoomState {
     seq: u64,
-    history: VecDeque<(u64, Frame)>,
-    /// Members' feeds; the other end of each is a session's `Membership::feed`.
-    members: Vec<(u64, mpsc::Sender<Delivery>)>,
+    history: History,
+    /// The other end of each feed is a session's `Membership::feed`.
+    members: Vec<(u64, FeedSender)>,
     next_member_id: u64,
+}
+
+impl Room {
+    fn lock(&self) -> MutexGuard<'_, RoomState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// A session's place in a room; leaves the room when dropped.
@@ -43,23 +62,35 @@ pub struct Member {
 }
 
 impl LocalBroker {
-    pub fn new(history_len: usize, send_queue: usize, metrics: Arc<Metrics>) -> Arc<LocalBroker> {
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Arc<LocalBroker> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         Arc::new(LocalBroker {
             rooms: Mutex::new(HashMap::new()),
-            history_len,
-            send_queue,
+            limits: HistoryLimits {
+                max_entries: config.history,
+                max_bytes: config.history_bytes,
+            },
+            history_budget: HistoryBudget::new(config.history_budget_bytes),
+            rebalancing: AtomicBool::new(false),
+            frames: Arc::new(FrameLedger::default()),
+            max_backlog_bytes: config.backlog_budget_bytes,
+            send_queue: config.send_queue,
+            send_queue_bytes: config.send_queue_bytes,
             metrics,
             epoch_prefix: now.as_micros() as u64,
             rooms_created: AtomicU64::new(0),
         })
     }
 
+    fn rooms(&self) -> MutexGuard<'_, HashMap<String, Arc<Room>>> {
+        self.rooms.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn join(self: &Arc<Self>, room_name: &str, resume: Option<Resume>) -> Membership {
-        let (sender, feed) = mpsc::channel(self.send_queue);
-        let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        let (sender, feed) = feed::channel(self.send_queue, self.send_queue_bytes);
+        let mut rooms = self.rooms();
         let room = rooms
             .entry(room_name.to_string())
             .or_insert_with(|| {
@@ -69,7 +100,7 @@ impl LocalBroker {
                     epoch: format!("{:x}.{serial:x}", self.epoch_prefix),
                     state: Mutex::new(RoomState {
                         seq: 0,
-                        history: VecDeque::new(),
+                        history: History::default(),
                         members: Vec::new(),
                         next_member_id: 0,
                     }),
@@ -77,7 +108,7 @@ impl LocalBroker {
             })
             .clone();
         self.metrics.rooms_now(rooms.len());
-        let mut state = room.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = room.lock();
         drop(rooms);
         let id = state.next_member_id;
         state.next_member_id += 1;
@@ -86,7 +117,7 @@ impl LocalBroker {
             resume.as_ref(),
             &room.epoch,
             state.seq,
-            state.history.iter().map(|(seq, frame)| (*seq, frame)),
+            state.history.oldest(),
         );
         let seq = state.seq;
         drop(state);
@@ -100,59 +131,132 @@ impl LocalBroker {
     }
 
     fn leave(&self, room: &Arc<Room>, id: u64) {
-        let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
-        let mut state = room.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rooms = self.rooms();
+        let mut state = room.lock();
         state.members.retain(|(member_id, _)| *member_id != id);
         let is_current = rooms
             .get(&room.name)
             .is_some_and(|current| Arc::ptr_eq(current, room));
         if state.members.is_empty() && is_current {
             rooms.remove(&room.name);
+            let freed = state.history.trim_to(0);
+            self.history_budget.charge(0, freed);
             self.metrics.rooms_now(rooms.len());
         }
     }
 
+    /// Every room, without holding the map while each room is locked.
+    fn all_rooms(&self) -> Vec<Arc<Room>> {
+        self.rooms().values().cloned().collect()
+    }
+
+    /// Cuts the largest histories down to a common level, under the process-wide budget.
+    fn rebalance_histories(&self) {
+        if self.rebalancing.swap(true, Ordering::Acquire) {
+            return;
+        }
+        let rooms = self.all_rooms();
+        let mut sizes: Vec<usize> = rooms.iter().map(|r| r.lock().history.bytes()).collect();
+        let level = history::fair_level(&mut sizes, self.history_budget.target());
+        for room in &rooms {
+            let freed = room.lock().history.trim_to(level);
+            self.history_budget.charge(0, freed);
+        }
+        self.rebalancing.store(false, Ordering::Release);
+    }
+
+    /// Frames that only members' feeds still hold (history holds the rest).
+    fn backlog_bytes(&self) -> usize {
+        self.frames
+            .alive()
+            .saturating_sub(self.history_budget.used())
+    }
+
+    /// Past the backlog budget, cuts the members furthest behind until it holds again.
+    fn cut_largest_backlogs(&self) {
+        if self.rebalancing.swap(true, Ordering::Acquire) {
+            return;
+        }
+        let mut behind: Vec<(usize, Arc<Room>, u64)> = Vec::new();
+        for room in self.all_rooms() {
+            let state = room.lock();
+            for (id, feed) in &state.members {
+                let backlog = feed.backlog();
+                if backlog > 0 {
+                    behind.push((backlog, Arc::clone(&room), *id));
+                }
+            }
+        }
+        behind.sort_unstable_by_key(|entry| std::cmp::Reverse(entry.0));
+        for (_, room, id) in behind {
+            if self.backlog_bytes() <= self.max_backlog_bytes / 2 {
+                break;
+            }
+            let mut state = room.lock();
+            if let Some(at) = state.members.iter().position(|(m, _)| *m == id) {
+                let (_, feed) = state.members.swap_remove(at);
+                feed.cut();
+                self.metrics.slow_reader_dropped();
+            }
+        }
+        self.rebalancing.store(false, Ordering::Release);
+    }
+
+    pub fn frame_bytes(&self) -> usize {
+        self.frames.alive()
+    }
+
     #[cfg(test)]
     fn room_count(&self) -> usize {
-        self.rooms.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.rooms().len()
     }
 }
 
 impl Member {
     /// Assigns the next seq, encodes the frame once and queues it to every member.
     pub fn publish(&self, chat: &ChatParts) {
-        let mut state = self.room.state.lock().unwrap_or_else(|e| e.into_inner());
+        let broker = &self.broker;
+        let mut state = self.room.lock();
         state.seq += 1;
-        let frame = Frame::from(chat.with_seq(state.seq));
-        if self.broker.history_len > 0 {
-            if state.history.len() == self.broker.history_len {
-                state.history.pop_front();
-            }
-            let seq = state.seq;
-            state.history.push_back((seq, frame.clone()));
-        }
+        let seq = state.seq;
+        let frame = broker.frames.frame(chat.with_seq(seq));
+        let (added, freed) = state.history.push(seq, frame.clone(), broker.limits);
         let mut delivered = 0;
         let mut dropped = 0;
-        // A member whose queue is full is removed: its feed closes and its session tells it
-        // to resume with `since`, so one slow reader never slows the room.
+        // A member whose feed is full is cut: its session tells it to resume with `since`,
+        // so one slow reader never slows the room.
         state.members.retain(
-            |(_, member)| match member.try_send(Delivery::Chat(frame.clone())) {
+            |(_, member)| match member.offer(Delivery::Chat(frame.clone())) {
                 Ok(()) => {
                     delivered += 1;
                     true
                 }
-                Err(TrySendError::Full(_)) => {
+                Err(Overflow::Full) => {
+                    member.cut();
                     dropped += 1;
                     false
                 }
-                Err(TrySendError::Closed(_)) => false,
+                Err(Overflow::Closed) => false,
             },
         );
         drop(state);
-        self.broker.metrics.frames_queued(delivered);
+        broker.history_budget.charge(added, freed);
+        broker.metrics.frames_queued(delivered);
         for _ in 0..dropped {
-            self.broker.metrics.slow_reader_dropped();
+            broker.metrics.slow_reader_dropped();
         }
+        if broker.history_budget.is_over() {
+            broker.rebalance_histories();
+        }
+        if broker.backlog_bytes() > broker.max_backlog_bytes {
+            broker.cut_largest_backlogs();
+        }
+    }
+
+    /// Frames after `after` up to `until`, shared with the history, a page at a time.
+    pub fn replay_page(&self, after: u64, until: u64) -> Page {
+        let state = self.room.lock();
+        state.history.page(after, until, PAGE_FRAMES, PAGE_BYTES)
     }
 }
 
@@ -165,16 +269,21 @@ impl Drop for Member {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::Replay;
+    use crate::broker::{Feed, Replay};
 
     fn broker(history: usize, queue: usize) -> Arc<LocalBroker> {
-        LocalBroker::new(history, queue, Arc::new(Metrics::default()))
+        let config = Config {
+            history,
+            send_queue: queue,
+            ..Config::default()
+        };
+        LocalBroker::new(&config, Arc::new(Metrics::default()))
     }
 
     fn chat_text(delivery: Delivery) -> String {
         match delivery {
             Delivery::Chat(frame) => frame.to_string(),
-            Delivery::Reset(_) => panic!("unexpected reset"),
+            other => panic!("unexpected {other:?}"),
         }
     }
 
@@ -183,6 +292,10 @@ mod tests {
             MemberHandle::Local(member) => member.publish(&ChatParts::new(message, None, 9)),
             MemberHandle::Redis(_) => unreachable!("a local broker hands out local members"),
         }
+    }
+
+    fn next(feed: &mut Feed) -> String {
+        chat_text(feed.try_recv().expect("a delivery"))
     }
 
     #[test]
@@ -194,11 +307,11 @@ mod tests {
         publish(&bob, "two");
         for member in [&mut alice, &mut bob] {
             assert_eq!(
-                chat_text(member.feed.try_recv().unwrap()),
+                next(&mut member.feed),
                 r#"{"message":"one","seq":1,"ts":9}"#
             );
             assert_eq!(
-                chat_text(member.feed.try_recv().unwrap()),
+                next(&mut member.feed),
                 r#"{"message":"two","seq":2,"ts":9}"#
             );
         }
@@ -210,40 +323,53 @@ mod tests {
         let lobby = broker.join("lobby", None);
         let mut other = broker.join("other", None);
         publish(&lobby, "hi");
-        assert!(other.feed.try_recv().is_err());
+        assert!(other.feed.try_recv().is_none());
         assert_eq!(broker.room_count(), 2);
         let first_epoch = lobby.epoch.clone();
         drop(lobby);
         assert_eq!(broker.room_count(), 1);
+        assert_eq!(broker.history_budget.used(), 0, "its history is freed");
         let again = broker.join("lobby", None);
         assert_eq!(again.seq, 0);
         assert_ne!(again.epoch, first_epoch);
     }
 
     #[test]
-    fn resume_replays_from_history() {
+    fn resume_replays_from_history_a_page_at_a_time() {
         let broker = broker(3, 16);
         let keeper = broker.join("lobby", None);
         for n in 1..=5 {
             publish(&keeper, &n.to_string());
         }
-        let resume = |since| {
-            Some(Resume {
+        let since = |since| {
+            Some(Resume::Since {
                 since,
                 epoch: Some(keeper.epoch.clone()),
             })
         };
-        match broker.join("lobby", resume(3)).replay {
-            Replay::Messages(frames) => assert_eq!(frames.len(), 2),
-            other => panic!("{other:?}"),
-        }
-        assert!(
-            matches!(broker.join("lobby", resume(1)).replay, Replay::Reset(_, f) if f.len() == 3)
-        );
+        let resumed = broker.join("lobby", since(3));
+        assert!(matches!(
+            resumed.replay,
+            Replay::From {
+                after: 3,
+                reset: None,
+                ..
+            }
+        ));
+        let MemberHandle::Local(member) = &resumed.handle else {
+            unreachable!()
+        };
+        let page = member.replay_page(3, resumed.seq);
+        assert_eq!((page.frames.len(), page.last, page.gap), (2, 5, false));
+        let trimmed = broker.join("lobby", since(1));
+        assert!(matches!(
+            trimmed.replay,
+            Replay::From { reset: Some(_), .. }
+        ));
     }
 
     #[test]
-    fn a_full_queue_closes_only_that_member() {
+    fn a_full_feed_cuts_only_that_member() {
         let broker = broker(0, 2);
         let mut slow = broker.join("lobby", None);
         let mut fast = broker.join("lobby", None);
@@ -251,14 +377,64 @@ mod tests {
             publish(&fast, &n.to_string());
             fast.feed.try_recv().unwrap();
         }
-        assert!(slow.feed.try_recv().is_ok());
-        assert!(slow.feed.try_recv().is_ok());
-        assert!(matches!(
-            slow.feed.try_recv(),
-            Err(mpsc::error::TryRecvError::Disconnected)
-        ));
+        assert!(
+            slow.feed.try_recv().is_none(),
+            "a cut member's queue is freed"
+        );
         publish(&fast, "still here");
-        assert!(fast.feed.try_recv().is_ok());
+        assert!(fast.feed.try_recv().is_some());
         assert_eq!(broker.metrics.read("roomcast_slow_reader_drops_total"), 1);
+    }
+
+    #[test]
+    fn histories_share_one_budget_and_the_largest_give_way() {
+        let config = Config {
+            history: 1000,
+            history_bytes: 1 << 20,
+            history_budget_bytes: 64 * 1024,
+            ..Config::default()
+        };
+        let broker = LocalBroker::new(&config, Arc::new(Metrics::default()));
+        let quiet = broker.join("quiet", None);
+        publish(&quiet, "small");
+        let loud: Vec<Membership> = (0..4)
+            .map(|n| broker.join(&format!("loud{n}"), None))
+            .collect();
+        let big = "x".repeat(4000);
+        for _ in 0..10 {
+            for member in &loud {
+                publish(member, &big);
+            }
+        }
+        assert!(broker.history_budget.used() <= 64 * 1024);
+        let MemberHandle::Local(member) = &quiet.handle else {
+            unreachable!()
+        };
+        assert_eq!(
+            member.replay_page(0, 1).frames.len(),
+            1,
+            "the quiet room kept its message"
+        );
+    }
+
+    #[test]
+    fn members_furthest_behind_are_cut_past_the_backlog_budget() {
+        let config = Config {
+            history: 0,
+            send_queue_bytes: 1 << 20,
+            backlog_budget_bytes: 50_000,
+            ..Config::default()
+        };
+        let broker = LocalBroker::new(&config, Arc::new(Metrics::default()));
+        let stuck = broker.join("a", None);
+        let mut reader = broker.join("b", None);
+        for _ in 0..20 {
+            publish(&stuck, &"y".repeat(4000));
+            publish(&reader, "z");
+            reader.feed.try_recv();
+        }
+        assert!(broker.frame_bytes() <= 50_000, "{}", broker.frame_bytes());
+        publish(&reader, "still here");
+        assert!(reader.feed.try_recv().is_some(), "the reader is not cut");
     }
 }

@@ -1,21 +1,26 @@
 //! The broker: rooms, their sequence numbers and history, and fan-out to members.
 //!
-//! A session joins a room and gets a [`Membership`]: a bounded feed of encoded chat frames,
-//! the room's epoch and latest seq, and what to replay. Dropping the membership leaves the room.
+//! A session joins a room and gets a [`Membership`]: a bounded [`Feed`] of encoded chat
+//! frames, the room's epoch and latest seq, and a [`Replay`] plan that the session pages
+//! through with [`Membership::replay_page`]. Dropping the membership leaves the room.
 
+pub mod feed;
+pub mod history;
+pub mod ledger;
 pub mod local;
 pub mod redis;
 
 use std::fmt;
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::config::Config;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::protocol::{ChatParts, ResetReason};
+pub use feed::Feed;
+pub use history::Page;
 
 /// An encoded frame, shared by every member it is delivered to.
 pub type Frame = Utf8Bytes;
@@ -27,33 +32,51 @@ pub enum Delivery {
     /// A `reset` notice: the room's history was lost or skipped while the member was in it.
     /// Only extended clients see it; plain ones would read it as a chat message.
     Reset(Frame),
+    /// A message this member sent could not be published after all (Redis refused it).
+    PublishFailed,
 }
 
-/// Where a reconnecting client left off.
+impl Delivery {
+    /// What it costs while queued.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Delivery::Chat(frame) | Delivery::Reset(frame) => frame.len(),
+            Delivery::PublishFailed => 0,
+        }
+    }
+}
+
+/// Where a joining client wants to start.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Resume {
-    pub since: u64,
-    /// The epoch the client saw; `None` trusts that the room's history is the same one.
-    pub epoch: Option<String>,
+pub enum Resume {
+    /// Every message after `since`, which the client saw in `epoch` (`None` trusts that the
+    /// room's history is the same one).
+    Since { since: u64, epoch: Option<String> },
+    /// The last `count` messages the history still holds, as a page's history on load.
+    Recent(u64),
 }
 
 /// What a member receives before its live feed.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Replay {
-    /// Not resuming: only messages published from now on.
+    /// Only messages published from now on.
     #[default]
     Nothing,
-    /// Every message after `since`, in order.
-    Messages(Vec<Frame>),
-    /// `since` cannot be honoured; the frames are the history that is still there.
-    Reset(ResetReason, Vec<Frame>),
+    /// The history after seq `after` up to the seq the member joined at, preceded by a
+    /// `reset` notice when the client's `since` cannot be honoured.
+    From {
+        after: u64,
+        reset: Option<ResetReason>,
+        /// Messages trimmed away during the replay get a `reset` notice too (when resuming).
+        notify_gaps: bool,
+    },
 }
 
 pub struct Membership {
-    /// The broker holds the sender; it closes when this member falls too far behind.
-    pub feed: mpsc::Receiver<Delivery>,
+    /// The broker holds the other end; it closes when this member falls too far behind.
+    pub feed: Feed,
     pub epoch: String,
-    /// The room's latest seq when this member joined.
+    /// The room's latest seq when this member joined; its feed starts after it.
     pub seq: u64,
     pub replay: Replay,
     handle: MemberHandle,
@@ -75,9 +98,14 @@ impl fmt::Display for Unavailable {
     }
 }
 
+/// A replay page holds at most this many frames...
+pub const PAGE_FRAMES: usize = 64;
+/// ...and stops once past this many bytes, so a resumer pins little at a time.
+pub const PAGE_BYTES: usize = 256 * 1024;
+
 impl Membership {
     fn new(
-        feed: mpsc::Receiver<Delivery>,
+        feed: Feed,
         epoch: String,
         seq: u64,
         replay: Replay,
@@ -92,7 +120,7 @@ impl Membership {
         }
     }
 
-    /// Publishes `message` to every member of the room, this one included.
+    /// Publishes a chat message to every member of the room, this one included.
     pub async fn publish(&self, chat: ChatParts) -> Result<(), Unavailable> {
         match &self.handle {
             MemberHandle::Local(member) => {
@@ -100,6 +128,15 @@ impl Membership {
                 Ok(())
             }
             MemberHandle::Redis(member) => member.publish(chat).await,
+        }
+    }
+
+    /// The next page of this member's replay: frames after seq `after`, up to the seq it
+    /// joined at. An empty page ends the replay.
+    pub async fn replay_page(&self, after: u64) -> Result<Page, Unavailable> {
+        match &self.handle {
+            MemberHandle::Local(member) => Ok(member.replay_page(after, self.seq)),
+            MemberHandle::Redis(member) => member.replay_page(&self.epoch, after, self.seq).await,
         }
     }
 }
@@ -116,11 +153,7 @@ impl Broker {
         match &config.redis {
             None => {
                 health.set_broker_up(true);
-                Broker::Local(local::LocalBroker::new(
-                    config.history,
-                    config.send_queue,
-                    metrics,
-                ))
+                Broker::Local(local::LocalBroker::new(config, metrics))
             }
             Some(client) => Broker::Redis(redis::RedisBroker::start(
                 client.clone(),
@@ -157,34 +190,41 @@ impl Broker {
     }
 }
 
-/// The replay for a member resuming at `resume`, from a history that holds
-/// `history` (oldest first, seqs consecutive and ending at `latest`).
-pub fn plan_replay<'a>(
+/// The replay for a member joining with `resume` a room at `latest` whose history starts
+/// at seq `oldest` (`None` when it holds nothing).
+pub fn plan_replay(
     resume: Option<&Resume>,
     epoch: &str,
     latest: u64,
-    history: impl DoubleEndedIterator<Item = (u64, &'a Frame)> + ExactSizeIterator,
+    oldest: Option<u64>,
 ) -> Replay {
-    let Some(resume) = resume else {
-        return Replay::Nothing;
+    let after = match resume {
+        None => return Replay::Nothing,
+        Some(Resume::Recent(count)) => {
+            return Replay::From {
+                after: latest.saturating_sub(*count),
+                reset: None,
+                notify_gaps: false,
+            };
+        }
+        Some(Resume::Since { since, epoch: seen }) => {
+            if seen.as_deref().is_some_and(|seen| seen != epoch) || *since > latest {
+                return Replay::From {
+                    after: 0,
+                    reset: Some(ResetReason::Epoch),
+                    notify_gaps: true,
+                };
+            }
+            *since
+        }
     };
-    let oldest_kept = latest + 1 - history.len() as u64;
-    let reset =
-        if resume.epoch.as_deref().is_some_and(|seen| seen != epoch) || resume.since > latest {
-            Some(ResetReason::Epoch)
-        } else if resume.since + 1 < oldest_kept {
-            Some(ResetReason::History)
-        } else {
-            None
-        };
-    match reset {
-        Some(reason) => Replay::Reset(reason, history.map(|(_, frame)| frame.clone()).collect()),
-        None => Replay::Messages(
-            history
-                .filter(|(seq, _)| *seq > resume.since)
-                .map(|(_, frame)| frame.clone())
-                .collect(),
-        ),
+    // Messages after `since` that the history no longer holds are lost to this client.
+    let first_kept = oldest.unwrap_or(latest + 1);
+    let reset = (after + 1 < first_kept && after < latest).then_some(ResetReason::History);
+    Replay::From {
+        after,
+        reset,
+        notify_gaps: true,
     }
 }
 
@@ -192,60 +232,61 @@ pub fn plan_replay<'a>(
 mod tests {
     use super::*;
 
-    fn history(seqs: std::ops::RangeInclusive<u64>) -> Vec<(u64, Frame)> {
-        seqs.map(|seq| (seq, Frame::from(seq.to_string())))
-            .collect()
-    }
-
-    fn plan(resume: Option<Resume>, latest: u64, kept: &[(u64, Frame)]) -> Replay {
-        plan_replay(
-            resume.as_ref(),
-            "e1",
-            latest,
-            kept.iter().map(|(seq, frame)| (*seq, frame)),
-        )
-    }
-
-    fn resume(since: u64, epoch: Option<&str>) -> Option<Resume> {
-        Some(Resume {
+    fn since(since: u64, epoch: Option<&str>) -> Option<Resume> {
+        Some(Resume::Since {
             since,
             epoch: epoch.map(String::from),
         })
     }
 
-    fn texts(frames: &[Frame]) -> Vec<&str> {
-        frames.iter().map(|f| f.as_str()).collect()
+    fn plan(resume: Option<Resume>, latest: u64, oldest: Option<u64>) -> Replay {
+        plan_replay(resume.as_ref(), "e1", latest, oldest)
+    }
+
+    fn from(after: u64, reset: Option<ResetReason>) -> Replay {
+        Replay::From {
+            after,
+            reset,
+            notify_gaps: true,
+        }
     }
 
     #[test]
     fn replays_everything_after_since() {
-        let kept = history(3..=6);
-        match plan(resume(4, Some("e1")), 6, &kept) {
-            Replay::Messages(frames) => assert_eq!(texts(&frames), ["5", "6"]),
-            other => panic!("{other:?}"),
-        }
-        match plan(resume(2, None), 6, &kept) {
-            Replay::Messages(frames) => assert_eq!(texts(&frames), ["3", "4", "5", "6"]),
-            other => panic!("{other:?}"),
-        }
-        assert!(matches!(plan(resume(6, None), 6, &kept), Replay::Messages(f) if f.is_empty()));
-        assert!(matches!(plan(None, 6, &kept), Replay::Nothing));
+        assert_eq!(plan(since(4, Some("e1")), 6, Some(3)), from(4, None));
+        assert_eq!(plan(since(2, None), 6, Some(3)), from(2, None));
+        assert_eq!(plan(since(6, None), 6, Some(3)), from(6, None));
+        assert_eq!(plan(since(0, None), 0, None), from(0, None));
+        assert_eq!(plan(None, 6, Some(3)), Replay::Nothing);
     }
 
     #[test]
     fn resets_when_history_or_epoch_do_not_reach() {
-        let kept = history(3..=6);
-        assert!(
-            matches!(plan(resume(1, None), 6, &kept), Replay::Reset(ResetReason::History, f) if f.len() == 4)
-        );
-        assert!(matches!(
-            plan(resume(4, Some("e0")), 6, &kept),
-            Replay::Reset(ResetReason::Epoch, _)
-        ));
-        assert!(matches!(
-            plan(resume(9, None), 6, &kept),
-            Replay::Reset(ResetReason::Epoch, _)
-        ));
-        assert!(matches!(plan(resume(0, None), 0, &[]), Replay::Messages(f) if f.is_empty()));
+        let history = Some(ResetReason::History);
+        let epoch = Some(ResetReason::Epoch);
+        assert_eq!(plan(since(1, None), 6, Some(3)), from(1, history));
+        assert_eq!(plan(since(4, Some("e0")), 6, Some(3)), from(0, epoch));
+        assert_eq!(plan(since(9, None), 6, Some(3)), from(0, epoch));
+    }
+
+    #[test]
+    fn a_history_that_lost_keys_never_underflows() {
+        let history = Some(ResetReason::History);
+        // Redis lost the stream but not the seq, or history is off.
+        assert_eq!(plan(since(2, None), 6, None), from(2, history));
+        assert_eq!(plan(since(6, None), 6, None), from(6, None));
+        // The stream outlived the seq key: what is kept reaches past `latest`.
+        assert_eq!(plan(since(0, None), 0, Some(5)), from(0, None));
+    }
+
+    #[test]
+    fn recent_asks_for_the_tail_without_a_reset() {
+        let tail = |after| Replay::From {
+            after,
+            reset: None,
+            notify_gaps: false,
+        };
+        assert_eq!(plan(Some(Resume::Recent(50)), 6, Some(3)), tail(0));
+        assert_eq!(plan(Some(Resume::Recent(2)), 6, Some(3)), tail(4));
     }
 }

@@ -1,14 +1,17 @@
 //! The Redis broker: every instance sees every room, in one order per room.
 //!
-//! Two tasks own the Redis connections. The [publisher] sends publishes in order through one
-//! script that assigns the room's next seq, appends to its capped stream and publishes; while
-//! Redis is away it holds them in a bounded queue. The [room task](rooms) owns the pub/sub
-//! connection, subscribed only to rooms with local members, fans each message out once, and
-//! fills any gap in a room's seqs from its stream after a reconnect. [scripts] holds the Lua.
+//! Two tasks own the long-lived Redis connections. The [publisher] sends held publishes
+//! from the [fair queue](queue) through one script that assigns the room's next seq,
+//! appends to its bounded stream and publishes. The [room task](subscriber) owns the pub/sub
+//! connection, subscribed only to rooms with local members; each [room] fans a message out
+//! once, and any gap is filled from the stream. [scripts] holds the Lua, [wire] the names
+//! and the payload. Replays read the stream a page at a time on a shared connection.
 
 mod publisher;
-mod rooms;
+mod queue;
+mod room;
 mod scripts;
+mod subscriber;
 mod wire;
 
 use std::sync::Arc;
@@ -19,15 +22,18 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, RedisError};
 use tokio::sync::{Mutex as AsyncMutex, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use tokio::time::timeout;
+use tokio::time::{Instant, timeout, timeout_at};
 
-use super::{Membership, Resume, Unavailable};
+use super::feed::WeakFeed;
+use super::ledger::FrameLedger;
+use super::{Membership, PAGE_BYTES, PAGE_FRAMES, Page, Resume, Unavailable};
 use crate::config::Config;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::protocol::ChatParts;
 use publisher::Publisher;
-use rooms::RoomTask;
+use queue::{Full, Held, HoldQueue};
+use subscriber::RoomTask;
 
 /// Every Redis call gives up after this, so a stalled Redis reads as an outage, not a hang.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -42,18 +48,27 @@ pub struct RedisBroker {
 
 /// What the tasks and every member share.
 struct Inner {
+    client: Client,
     /// To the room task.
     commands: mpsc::Sender<Command>,
-    /// To the publisher; bounded, so an outage holds at most this many publishes.
-    publishes: mpsc::Sender<Publish>,
+    /// Publishes waiting for the publisher; bounded, so an outage holds at most so many.
+    queue: HoldQueue,
+    /// For replay pages, shared by every session; connected on first use.
+    reads: AsyncMutex<Option<MultiplexedConnection>>,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
+    frames: Arc<FrameLedger>,
     pubsub_up: AtomicBool,
     publisher_up: AtomicBool,
     send_queue: usize,
+    send_queue_bytes: usize,
+    max_backlog_bytes: usize,
     history: usize,
+    history_bytes: usize,
     room_ttl_secs: u64,
-    /// Unique per process, so epochs and publish counters never collide across instances.
+    /// The SHA1 that EVALSHA names the publish script by.
+    publish_hash: String,
+    /// Unique per process, so epochs and publish numbers never collide across instances.
     instance: String,
     epochs_made: AtomicU64,
 }
@@ -71,16 +86,13 @@ enum Command {
     },
 }
 
-struct Publish {
-    room: Arc<str>,
-    chat: ChatParts,
-}
-
 /// A session's place in a Redis-backed room; leaves it when dropped.
 pub struct Member {
     inner: Arc<Inner>,
     room: Arc<str>,
     id: u64,
+    /// This member's own feed, for the publisher to report a failed publish through.
+    feed: WeakFeed,
 }
 
 impl RedisBroker {
@@ -92,20 +104,26 @@ impl RedisBroker {
         metrics: Arc<Metrics>,
     ) -> RedisBroker {
         let (commands, command_queue) = mpsc::channel(1024);
-        let (publishes, publish_queue) = mpsc::channel(config.publish_queue);
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         let inner = Arc::new(Inner {
+            client: client.clone(),
             commands,
-            publishes,
+            queue: HoldQueue::new(config.publish_queue),
+            reads: AsyncMutex::new(None),
             health,
             metrics,
+            frames: Arc::new(FrameLedger::default()),
             pubsub_up: AtomicBool::new(false),
             publisher_up: AtomicBool::new(false),
             send_queue: config.send_queue,
+            send_queue_bytes: config.send_queue_bytes,
+            max_backlog_bytes: config.backlog_budget_bytes,
             history: config.history,
+            history_bytes: config.history_bytes,
             room_ttl_secs: config.room_ttl.as_secs().max(1),
+            publish_hash: redis::Script::new(scripts::PUBLISH).get_hash().to_string(),
             instance: format!("{:x}.{:x}", now.as_micros(), std::process::id()),
             epochs_made: AtomicU64::new(0),
         });
@@ -114,7 +132,7 @@ impl RedisBroker {
         let publisher = Publisher::new(Arc::clone(&inner), client);
         let tasks = vec![
             tokio::spawn(rooms.run(command_queue, stopped.clone())),
-            tokio::spawn(publisher.run(publish_queue, stopped)),
+            tokio::spawn(publisher.run(stopped)),
         ];
         RedisBroker {
             inner,
@@ -144,9 +162,14 @@ impl RedisBroker {
     /// Sends what is still held and stops both tasks; the caller bounds how long it may take.
     pub async fn close(&self) {
         self.stop.send_replace(true);
+        self.inner.queue.ready.notify_one();
         for task in self.tasks.lock().await.drain(..) {
             let _ = task.await;
         }
+    }
+
+    pub fn frame_bytes(&self) -> usize {
+        self.inner.frames.alive()
     }
 }
 
@@ -162,28 +185,90 @@ impl Inner {
             self.pubsub_up.load(Ordering::Acquire) && self.publisher_up.load(Ordering::Acquire);
         self.health.set_broker_up(both);
     }
+
+    /// The shared connection for replay pages, connecting if there is none.
+    async fn reader(&self) -> Result<MultiplexedConnection, RedisError> {
+        let mut reads = self.reads.lock().await;
+        if let Some(connection) = reads.as_ref() {
+            return Ok(connection.clone());
+        }
+        let connection = connect(&self.client).await?;
+        *reads = Some(connection.clone());
+        Ok(connection)
+    }
 }
 
 impl Member {
+    /// Queues the publish. While Redis is up a full queue holds the sender back for a
+    /// moment; while it is away the publish is refused at once.
     pub async fn publish(&self, chat: ChatParts) -> Result<(), Unavailable> {
-        let publish = Publish {
+        let queue = &self.inner.queue;
+        let mut held = Held {
             room: Arc::clone(&self.room),
             chat,
+            sender: self.feed.clone(),
+            number: 0,
+            previous: 0,
+            failing_since: None,
         };
-        let queue = &self.inner.publishes;
-        // While Redis is up a full queue is back-pressure; while it is away, only the held
-        // publishes may wait, and one past the bound is refused at once.
-        let sent = if self.inner.health.is_broker_up() {
-            matches!(
-                timeout(REDIS_TIMEOUT, queue.send(publish)).await,
-                Ok(Ok(()))
-            )
-        } else {
-            queue.try_send(publish).is_ok()
+        let deadline = Instant::now() + REDIS_TIMEOUT;
+        let queued = loop {
+            let space = queue.space.notified();
+            match queue.push(held) {
+                Ok(()) => break true,
+                Err(Full(back)) if self.inner.health.is_broker_up() => {
+                    held = back;
+                    if timeout_at(deadline, space).await.is_err() {
+                        break false;
+                    }
+                }
+                Err(_) => break false,
+            }
         };
-        let held = queue.max_capacity() - queue.capacity();
-        self.inner.metrics.publishes_held_now(held);
-        if sent { Ok(()) } else { Err(Unavailable) }
+        self.inner.metrics.publishes_held_now(queue.held());
+        if queued { Ok(()) } else { Err(Unavailable) }
+    }
+
+    /// The next frames of a replay, read from the room's stream.
+    pub async fn replay_page(
+        &self,
+        epoch: &str,
+        after: u64,
+        until: u64,
+    ) -> Result<Page, Unavailable> {
+        let mut connection = self.inner.reader().await.map_err(|_| Unavailable)?;
+        let read = scripts::page(
+            &mut connection,
+            &self.inner,
+            &self.room,
+            epoch,
+            after,
+            until,
+            (PAGE_FRAMES, PAGE_BYTES),
+        );
+        let entries = match timeout(REDIS_TIMEOUT, read).await {
+            Ok(Ok(entries)) => entries,
+            Ok(Err(error)) if !is_outage(&error) => return Err(Unavailable),
+            _ => {
+                *self.inner.reads.lock().await = None;
+                return Err(Unavailable);
+            }
+        };
+        // The room moved to another epoch meanwhile: its live feed says so; the replay ends.
+        let Some(entries) = entries else {
+            return Ok(Page {
+                last: after,
+                ..Page::default()
+            });
+        };
+        let gap = entries.first().is_some_and(|(seq, _)| *seq > after + 1)
+            || (entries.is_empty() && after < until);
+        let last = entries.last().map_or(after, |(seq, _)| *seq);
+        Ok(Page {
+            frames: entries.into_iter().map(|(_, frame)| frame).collect(),
+            last,
+            gap,
+        })
     }
 }
 
@@ -196,6 +281,11 @@ impl Drop for Member {
         };
         let _ = self.inner.commands.try_send(leave);
     }
+}
+
+/// A lost or stalled connection, as opposed to Redis answering with an error.
+fn is_outage(error: &RedisError) -> bool {
+    error.code().is_none()
 }
 
 async fn connect(client: &Client) -> Result<MultiplexedConnection, RedisError> {

@@ -1,55 +1,91 @@
-//! The publisher task: publishes go to Redis in queue order, held while Redis is away.
+//! The publisher task: held publishes go to Redis in pipelines, rooms in turn.
+//!
+//! What Redis answers decides what happens to each publish:
+//! - applied (or recognised as already applied): done;
+//! - an error reply that may pass (OOM, BUSY, LOADING, READONLY, …): retried with backoff
+//!   for [`RETRY_FOR`], then reported to its sender; the connection and readiness stay;
+//! - any other error reply: reported to its sender at once;
+//! - no answer (connection lost, timeout): everything is held and retried on a new
+//!   connection, and readiness turns 503 until one is up.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
-use redis::{Client, RedisError, Value};
+use redis::{Client, RedisError, RedisResult, Value};
 use serde_json::json;
-use tokio::sync::{mpsc, watch};
-use tokio::time::sleep;
+use tokio::sync::watch;
+use tokio::time::{sleep, timeout};
 
-use super::scripts::PUBLISH_SCRIPT;
-use super::wire::{self, RoomKeys};
-use super::{Inner, Publish, connect, next_backoff, stopping};
+use super::queue::Held;
+use super::scripts::{self, PUBLISH};
+use super::{Inner, REDIS_TIMEOUT, connect, next_backoff, stopping};
+use crate::broker::Delivery;
 use crate::log;
 
-/// Publishes sent in one pipeline.
+/// Publishes sent in one pipeline...
 const MAX_BATCH: usize = 128;
+/// ...and about this many bytes of them, so a room of large messages keeps pipelines short.
+const MAX_BATCH_BYTES: usize = 512 * 1024;
+/// How long a publish that Redis refuses with a passing error is retried.
+pub(super) const RETRY_FOR: Duration = Duration::from_secs(2);
 
-/// Sends publishes to Redis in queue order, holding them while Redis is away.
+/// What one reply means for its publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Applied,
+    /// Refused for now (memory, loading, a script running, a failover, an earlier publish
+    /// of the room not applied yet): try again.
+    Retry,
+    /// Refused for good: tell the sender.
+    Failed,
+    /// The script is not loaded on this server.
+    NoScript,
+}
+
+fn outcome(reply: &RedisResult<Value>) -> Outcome {
+    let Err(error) = reply else {
+        return Outcome::Applied;
+    };
+    match error.code() {
+        Some("NOSCRIPT") => Outcome::NoScript,
+        Some(
+            "OOM"
+            | "BUSY"
+            | "LOADING"
+            | "READONLY"
+            | "MASTERDOWN"
+            | "TRYAGAIN"
+            | "CLUSTERDOWN"
+            | "NOREPLICAS"
+            | scripts::GAP_ERROR,
+        ) => Outcome::Retry,
+        _ => Outcome::Failed,
+    }
+}
+
+/// Sends held publishes to Redis in queue order, room by room in turn.
 pub(super) struct Publisher {
     inner: Arc<Inner>,
     client: Client,
-    /// The SHA1 that EVALSHA names the publish script by.
-    script_hash: String,
 }
 
 impl Publisher {
     pub(super) fn new(inner: Arc<Inner>, client: Client) -> Publisher {
-        let script_hash = redis::Script::new(PUBLISH_SCRIPT).get_hash().to_string();
-        Publisher {
-            inner,
-            client,
-            script_hash,
-        }
+        Publisher { inner, client }
     }
 
-    pub(super) async fn run(
-        self,
-        mut queue: mpsc::Receiver<Publish>,
-        mut stopped: watch::Receiver<bool>,
-    ) {
+    pub(super) async fn run(self, mut stopped: watch::Receiver<bool>) {
+        let queue = &self.inner.queue;
         let mut connection: Option<MultiplexedConnection> = None;
-        let mut batch: Vec<(u64, Publish)> = Vec::with_capacity(MAX_BATCH);
-        let mut counter = 0u64;
         let mut backoff = Duration::ZERO;
+        let mut error_streak = ErrorStreak::default();
         loop {
             if !backoff.is_zero() {
-                // After a failure. Stopping does not cut this short: what is held still
-                // goes out, until the caller's drain deadline.
+                // Stopping does not cut this short: what is held still goes out, until
+                // the caller's drain deadline.
                 tokio::select! {
-                    _ = stopping(&mut stopped), if batch.is_empty() && queue.is_empty() => return,
+                    _ = stopping(&mut stopped), if queue.held() == 0 => return,
                     _ = sleep(backoff) => {}
                 }
             }
@@ -67,100 +103,181 @@ impl Publisher {
                 }
                 continue;
             };
+            let batch = queue.take(MAX_BATCH, MAX_BATCH_BYTES);
             if batch.is_empty() {
-                let first = tokio::select! {
-                    biased;
-                    first = queue.recv() => first,
+                tokio::select! {
+                    _ = queue.ready.notified() => {}
                     _ = stopping(&mut stopped) => {
-                        // Take nothing new, but send everything already queued.
-                        queue.close();
-                        queue.recv().await
+                        if queue.held() == 0 {
+                            return;
+                        }
                     }
-                };
-                let Some(first) = first else { return };
-                counter += 1;
-                batch.push((counter, first));
-                while batch.len() < MAX_BATCH {
-                    let Ok(next) = queue.try_recv() else { break };
-                    counter += 1;
-                    batch.push((counter, next));
                 }
+                continue;
             }
-            match self.send(live, &batch).await {
-                Ok(()) => {
-                    batch.clear();
-                    backoff = Duration::ZERO;
-                    let held = queue.max_capacity() - queue.capacity();
-                    self.inner.metrics.publishes_held_now(held);
-                }
-                Err(error) if error.code() == Some("NOSCRIPT") => {
-                    let mut load = redis::cmd("SCRIPT");
-                    load.arg("LOAD").arg(PUBLISH_SCRIPT);
-                    if load.query_async::<String>(live).await.is_err() {
-                        connection = None;
-                        backoff = next_backoff(backoff);
-                    }
-                }
-                Err(error) if is_rejection(&error) => {
-                    // Retrying cannot help, so these publishes are reported lost.
-                    log::error(
-                        "redis rejected publishes",
-                        json!({ "error": error.to_string(), "dropped": batch.len() }),
-                    );
-                    for _ in 0..batch.len() {
-                        self.inner.metrics.publish_refused();
-                    }
-                    batch.clear();
-                }
-                // Gone, stalled, still loading its data, out of memory: hold and retry the same
-                // batch on a fresh connection; the instance counters make the retry exactly-once.
+            let replies = match self.send(live, &batch).await {
+                Ok(replies) => replies,
                 Err(error) => {
+                    // No answer: the batch may be partly applied; the numbers make the
+                    // retry apply each publish once.
                     log::warn(
                         "redis publish failed, holding",
-                        json!({ "error": error.to_string(), "held": batch.len() + queue.len() }),
+                        json!({ "error": log::cut(&error.to_string()), "held": queue.held() }),
                     );
+                    queue.restore(batch);
                     connection = None;
                     self.inner.set_up(&self.inner.publisher_up, false);
                     backoff = next_backoff(backoff);
+                    continue;
+                }
+            };
+            backoff = Duration::ZERO;
+            if self.settle(batch, &replies, &mut error_streak) {
+                let mut load = redis::cmd("SCRIPT");
+                load.arg("LOAD").arg(PUBLISH);
+                if load.query_async::<String>(live).await.is_err() {
+                    connection = None;
                 }
             }
+            if error_streak.retrying {
+                backoff = next_backoff(error_streak.backoff);
+                error_streak.backoff = backoff;
+            }
+            self.inner.metrics.publishes_held_now(queue.held());
         }
     }
 
-    /// One pipeline of publish scripts, in queue order.
+    /// Acts on each reply; returns true when the script must be loaded first.
+    fn settle(
+        &self,
+        batch: Vec<Held>,
+        replies: &[RedisResult<Value>],
+        streak: &mut ErrorStreak,
+    ) -> bool {
+        let queue = &self.inner.queue;
+        let mut returned: Vec<Held> = Vec::new();
+        let mut blocked_rooms: Vec<Arc<str>> = Vec::new();
+        let mut needs_script = false;
+        streak.retrying = false;
+        for (held, reply) in batch.into_iter().zip(replies) {
+            // After a refusal, the room's later publishes wait their turn behind it.
+            if blocked_rooms.contains(&held.room) {
+                returned.push(held);
+                continue;
+            }
+            match outcome(reply) {
+                Outcome::Applied => {
+                    queue.settle(&held, true);
+                    continue;
+                }
+                Outcome::NoScript => needs_script = true,
+                Outcome::Retry => streak.retrying = true,
+                Outcome::Failed => {}
+            }
+            let error = reply.as_ref().err();
+            streak.note(error);
+            let mut held = held;
+            let given_up = match outcome(reply) {
+                Outcome::Failed => true,
+                Outcome::Retry => {
+                    let since = *held.failing_since.get_or_insert_with(Instant::now);
+                    since.elapsed() >= RETRY_FOR
+                }
+                _ => false,
+            };
+            blocked_rooms.push(Arc::clone(&held.room));
+            if given_up {
+                self.inner.metrics.publish_failed();
+                held.sender.offer(Delivery::PublishFailed);
+                queue.settle(&held, false);
+            } else {
+                self.inner.metrics.publish_retried();
+                returned.push(held);
+            }
+        }
+        if !returned.is_empty() {
+            queue.restore(returned);
+        }
+        if !streak.retrying && !needs_script {
+            streak.end();
+        }
+        needs_script
+    }
+
+    /// One pipeline of publish scripts, in batch order, with a reply for each.
     async fn send(
         &self,
         connection: &mut MultiplexedConnection,
-        batch: &[(u64, Publish)],
-    ) -> Result<(), RedisError> {
+        batch: &[Held],
+    ) -> RedisResult<Vec<RedisResult<Value>>> {
         let mut pipeline = redis::pipe();
-        for (number, publish) in batch {
-            let keys = RoomKeys::of(&publish.room);
-            pipeline
-                .cmd("EVALSHA")
-                .arg(&self.script_hash)
-                .arg(4)
-                .arg(keys.seq)
-                .arg(keys.epoch)
-                .arg(keys.log)
-                .arg(keys.publishers)
-                .arg(&publish.chat.prefix)
-                .arg(&publish.chat.suffix)
-                .arg(self.inner.fresh_epoch())
-                .arg(self.inner.history)
-                .arg(self.inner.room_ttl_secs)
-                .arg(wire::channel(&publish.room))
-                .arg(&self.inner.instance)
-                .arg(*number);
+        pipeline.ignore_errors();
+        for held in batch {
+            scripts::add_publish(&mut pipeline, &self.inner, held);
         }
-        pipeline
-            .query_async::<Vec<Value>>(connection)
-            .await
-            .map(drop)
+        match timeout(REDIS_TIMEOUT, pipeline.query_async(connection)).await {
+            Ok(result) => result,
+            Err(_) => Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()),
+        }
     }
 }
 
-/// Errors that retrying cannot fix: the script failed on this room's data.
-fn is_rejection(error: &RedisError) -> bool {
-    error.code() == Some("WRONGTYPE") || error.to_string().contains("user_script")
+/// Error replies are logged once when they start and once when they stop, with a count,
+/// so an out-of-memory Redis under load writes two lines, not thousands.
+#[derive(Default)]
+struct ErrorStreak {
+    errors: u64,
+    first: Option<String>,
+    retrying: bool,
+    backoff: Duration,
+}
+
+impl ErrorStreak {
+    fn note(&mut self, error: Option<&RedisError>) {
+        self.errors += 1;
+        if self.first.is_none() {
+            let text = error.map_or_else(String::new, |e| log::cut(&e.to_string()));
+            log::warn("redis refused publishes", json!({ "error": text }));
+            self.first = Some(text);
+        }
+    }
+
+    fn end(&mut self) {
+        if self.first.take().is_some() {
+            log::info(
+                "redis accepts publishes again",
+                json!({ "refusals": self.errors }),
+            );
+        }
+        self.errors = 0;
+        self.backoff = Duration::ZERO;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server_error(text: &str) -> RedisResult<Value> {
+        let (code, detail) = text.split_once(' ').unwrap();
+        Err(redis::make_extension_error(
+            code.into(),
+            Some(detail.into()),
+        ))
+    }
+
+    #[test]
+    fn replies_are_sorted_into_what_to_do() {
+        assert_eq!(outcome(&Ok(Value::Int(7))), Outcome::Applied);
+        assert_eq!(outcome(&Ok(Value::Int(0))), Outcome::Applied);
+        assert_eq!(outcome(&server_error("OOM used memory")), Outcome::Retry);
+        assert_eq!(outcome(&server_error("BUSY script")), Outcome::Retry);
+        assert_eq!(outcome(&server_error("READONLY replica")), Outcome::Retry);
+        assert_eq!(
+            outcome(&server_error("ROOMCAST_GAP earlier")),
+            Outcome::Retry
+        );
+        assert_eq!(outcome(&server_error("NOSCRIPT load")), Outcome::NoScript);
+        assert_eq!(outcome(&server_error("WRONGTYPE bad key")), Outcome::Failed);
+    }
 }

@@ -1,101 +1,249 @@
-//! The Lua scripts that make a room's seq, history and publish one atomic step.
+//! The Lua scripts that make a room's seq, history and publish one atomic step, and the
+//! calls that run them. Each script's `KEYS` are a room's keys in [`RoomKeys`] order.
+//!
+//! Every script starts with a `#!lua` line: Redis 7 then refuses a writing script as a whole
+//! when it is out of memory, instead of failing it half way, and runs the read-only ones
+//! (`flags=no-writes`) even then.
 
-use redis::RedisError;
 use redis::aio::MultiplexedConnection;
+use redis::{Pipeline, RedisResult, Value};
 
 use super::Inner;
+use super::queue::Held;
 use super::wire::{self, RoomKeys};
 use crate::broker::Frame;
 
-/// Assigns the next seq, appends to the capped stream and publishes, all or nothing.
-/// A publish retried after a lost reply is recognised by its instance counter and skipped.
-/// KEYS: seq, epoch, log, publishers. ARGV: the frame's prefix and suffix (around the seq),
-/// fresh epoch, history length, ttl seconds, channel, instance id, instance counter.
-pub(super) const PUBLISH_SCRIPT: &str = r#"
-local last = tonumber(redis.call('HGET', KEYS[4], ARGV[7]) or '0')
-if tonumber(ARGV[8]) <= last then return 0 end
+/// The error a publish gets when the one sent before it from the same room and instance has
+/// not been applied: it is retried after that one.
+pub(super) const GAP_ERROR: &str = "ROOMCAST_GAP";
+
+/// Assigns the next seq, appends to the bounded stream and publishes, all or nothing.
+/// KEYS: seq, epoch, log, publishers, bytes. ARGV: the frame's prefix and suffix (around
+/// the seq), a fresh epoch, history entries, history bytes, ttl seconds, channel, instance
+/// id, this publish's number, the previous number from this room (0: none pending).
+pub(super) const PUBLISH: &str = r#"#!lua
+local last = tonumber(redis.call('HGET', KEYS[4], ARGV[8]) or '0')
+local number = tonumber(ARGV[9])
+if number <= last then return 0 end
+if last > 0 and tonumber(ARGV[10]) > last then
+  return redis.error_reply('ROOMCAST_GAP an earlier publish from this room is not applied yet')
+end
 local epoch = redis.call('GET', KEYS[2])
 if not epoch then
   epoch = ARGV[3]
   redis.call('SET', KEYS[2], epoch)
-  redis.call('DEL', KEYS[1], KEYS[3])
+  redis.call('DEL', KEYS[1], KEYS[3], KEYS[5])
 end
 local seq = redis.call('INCR', KEYS[1])
 local frame = ARGV[1] .. seq .. ARGV[2]
-if tonumber(ARGV[4]) > 0 then
-  redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[4], seq .. '-0', 'f', frame)
+local max_entries = tonumber(ARGV[4])
+if max_entries > 0 then
+  local added = redis.pcall('XADD', KEYS[3], seq .. '-0', 'f', frame)
+  if type(added) == 'table' and added.err then
+    -- The stream outlived the seq key (evicted apart): a new epoch, never a reused seq.
+    epoch = ARGV[3]
+    seq = 1
+    frame = ARGV[1] .. seq .. ARGV[2]
+    redis.call('SET', KEYS[2], epoch)
+    redis.call('SET', KEYS[1], seq)
+    redis.call('DEL', KEYS[3], KEYS[5])
+    redis.call('XADD', KEYS[3], '1-0', 'f', frame)
+  end
+  local bytes = redis.call('INCRBY', KEYS[5], #frame)
+  local length = redis.call('XLEN', KEYS[3])
+  while length > 1 and (length > max_entries or bytes > tonumber(ARGV[5])) do
+    local oldest = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 1)[1]
+    redis.call('XDEL', KEYS[3], oldest[1])
+    bytes = redis.call('DECRBY', KEYS[5], #oldest[2][2])
+    length = length - 1
+  end
+  if length == 1 then redis.call('SET', KEYS[5], #frame) end
 end
-redis.call('HSET', KEYS[4], ARGV[7], ARGV[8])
+redis.call('HSET', KEYS[4], ARGV[8], ARGV[9])
 -- Refresh the idle expiry once half of it has passed, not on every publish.
-if redis.call('TTL', KEYS[1]) < tonumber(ARGV[5]) / 2 then
-  for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
+if redis.call('TTL', KEYS[1]) < tonumber(ARGV[6]) / 2 then
+  for i = 1, 5 do redis.call('EXPIRE', KEYS[i], ARGV[6]) end
 end
-redis.call('PUBLISH', ARGV[6], seq .. ' ' .. epoch .. ' ' .. frame)
+redis.call('PUBLISH', ARGV[7], seq .. ' ' .. epoch .. ' ' .. frame)
 return seq
 "#;
 
-/// The room's epoch (created if the room has none), latest seq, and the stream entries a
-/// reader at `since` needs: from `since + 1`, or all of them if `since` is from another epoch.
-/// KEYS: seq, epoch, log. ARGV: fresh epoch, ttl seconds, since (-1: none), the reader's epoch.
-const SNAPSHOT_SCRIPT: &str = r#"
+/// A room's epoch (nil if it has none), latest seq and oldest kept entry id (nil if none).
+/// KEYS: seq, epoch, log.
+const STATE: &str = r#"#!lua flags=no-writes
 local epoch = redis.call('GET', KEYS[2])
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('SET', KEYS[2], epoch, 'EX', ARGV[2])
-  redis.call('DEL', KEYS[1], KEYS[3])
-end
+if not epoch then return nil end
 local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
-local since = tonumber(ARGV[3])
-local entries = {}
-if since >= 0 and since < seq then
-  local from = string.format('%d', since + 1)
-  if ARGV[4] ~= '' and ARGV[4] ~= epoch then from = '-' end
-  entries = redis.call('XRANGE', KEYS[3], from, '+')
-elseif since > seq or (ARGV[4] ~= '' and ARGV[4] ~= epoch) then
-  entries = redis.call('XRANGE', KEYS[3], '-', '+')
-end
-return {epoch, seq, entries}
+local oldest = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 1)[1]
+if oldest then return {epoch, seq, oldest[1]} end
+return {epoch, seq}
 "#;
 
-/// One XRANGE entry: its id (`<seq>-0`) and its one field, the frame.
-type StreamEntry = (String, Vec<(String, String)>);
+/// Gives a room without an epoch a fresh one, and clears what an older life left.
+/// KEYS: seq, epoch, log, bytes. ARGV: fresh epoch, ttl seconds.
+const CREATE: &str = r#"#!lua
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'EX', ARGV[2]) then
+  redis.call('DEL', KEYS[1], KEYS[3], KEYS[4])
+end
+return 1
+"#;
 
-/// A room's state in Redis as one reader at `since` needs it.
-pub(super) struct Snapshot {
-    pub(super) epoch: String,
-    pub(super) seq: u64,
-    pub(super) entries: Vec<(u64, Frame)>,
+/// Entries after ARGV[2] up to ARGV[3], at most ARGV[4] of them and stopping once past
+/// ARGV[5] bytes, if the room is still in epoch ARGV[1] (nil otherwise). KEYS: epoch, log.
+const PAGE: &str = r#"#!lua flags=no-writes
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return nil end
+local entries = redis.call('XRANGE', KEYS[2], ARGV[2], ARGV[3], 'COUNT', ARGV[4])
+local kept, bytes = {}, 0
+for _, entry in ipairs(entries) do
+  if bytes >= tonumber(ARGV[5]) then break end
+  bytes = bytes + #entry[2][2]
+  kept[#kept + 1] = entry
+end
+return kept
+"#;
+
+/// XRANGE entries: the id (`<seq>-0`) and the fields, of which the frame is the one.
+type Entries = Vec<(String, Vec<(String, String)>)>;
+
+/// Adds one publish to a pipeline.
+pub(super) fn add_publish(pipeline: &mut Pipeline, inner: &Inner, held: &Held) {
+    let keys = RoomKeys::of(&held.room);
+    pipeline
+        .cmd("EVALSHA")
+        .arg(&inner.publish_hash)
+        .arg(5)
+        .arg(keys.seq)
+        .arg(keys.epoch)
+        .arg(keys.log)
+        .arg(keys.publishers)
+        .arg(keys.log_bytes)
+        .arg(&held.chat.prefix)
+        .arg(&held.chat.suffix)
+        .arg(inner.fresh_epoch())
+        .arg(inner.history)
+        .arg(inner.history_bytes)
+        .arg(inner.room_ttl_secs)
+        .arg(wire::channel(&held.room))
+        .arg(&inner.instance)
+        .arg(held.number)
+        .arg(held.previous);
 }
 
-pub(super) async fn snapshot(
+/// A room as a joining member or a catching-up room task sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct RoomState {
+    pub epoch: String,
+    pub seq: u64,
+    pub oldest: Option<u64>,
+}
+
+/// The room's state, creating its epoch if it has none. Under memory pressure this still
+/// works for a room that exists: only a new room needs a write.
+pub(super) async fn room_state(
     connection: &mut MultiplexedConnection,
     inner: &Inner,
     room: &str,
-    since: Option<u64>,
-    reader_epoch: Option<&str>,
-) -> Result<Snapshot, RedisError> {
+) -> RedisResult<RoomState> {
     let keys = RoomKeys::of(room);
-    let reply: (String, u64, Vec<StreamEntry>) = redis::Script::new(SNAPSHOT_SCRIPT)
-        .key(keys.seq)
-        .key(keys.epoch)
-        .key(keys.log)
-        .arg(inner.fresh_epoch())
-        .arg(inner.room_ttl_secs)
-        .arg(since.map_or(-1, |s| s as i64))
-        .arg(reader_epoch.unwrap_or(""))
+    for _ in 0..2 {
+        let reply: Value = redis::Script::new(STATE)
+            .key(&keys.seq)
+            .key(&keys.epoch)
+            .key(&keys.log)
+            .invoke_async(connection)
+            .await?;
+        if let Some(state) = parse_state(reply) {
+            return Ok(state);
+        }
+        redis::Script::new(CREATE)
+            .key(&keys.seq)
+            .key(&keys.epoch)
+            .key(&keys.log)
+            .key(&keys.log_bytes)
+            .arg(inner.fresh_epoch())
+            .arg(inner.room_ttl_secs)
+            .invoke_async::<Value>(connection)
+            .await?;
+    }
+    Err(std::io::Error::other("room state vanished while being created").into())
+}
+
+fn parse_state(reply: Value) -> Option<RoomState> {
+    let Value::Array(fields) = reply else {
+        return None;
+    };
+    let mut fields = fields.into_iter();
+    let epoch: String = redis::from_redis_value(fields.next()?).ok()?;
+    let seq: u64 = redis::from_redis_value(fields.next()?).ok()?;
+    let oldest = fields
+        .next()
+        .and_then(|id| redis::from_redis_value::<String>(id).ok())
+        .and_then(|id| wire::entry_seq(&id));
+    Some(RoomState { epoch, seq, oldest })
+}
+
+/// A page of a room's stream after seq `after` up to `until`, or `None` if the room is no
+/// longer in `epoch`. Frames are counted in the instance's ledger.
+pub(super) async fn page(
+    connection: &mut MultiplexedConnection,
+    inner: &Inner,
+    room: &str,
+    epoch: &str,
+    after: u64,
+    until: u64,
+    (max_frames, max_bytes): (usize, usize),
+) -> RedisResult<Option<Vec<(u64, Frame)>>> {
+    let keys = RoomKeys::of(room);
+    let reply: Option<Entries> = redis::Script::new(PAGE)
+        .key(&keys.epoch)
+        .key(&keys.log)
+        .arg(epoch)
+        .arg(format!("{}-0", after + 1))
+        .arg(format!("{until}-0"))
+        .arg(max_frames)
+        .arg(max_bytes)
         .invoke_async(connection)
         .await?;
-    let (epoch, seq, raw_entries) = reply;
-    let mut entries = Vec::with_capacity(raw_entries.len());
-    for (id, fields) in raw_entries {
-        let entry_seq = wire::entry_seq(&id);
-        if let (Some(entry_seq), Some((_, frame))) = (entry_seq, fields.into_iter().next()) {
-            entries.push((entry_seq, Frame::from(frame)));
+    Ok(reply.map(|entries| {
+        entries
+            .into_iter()
+            .filter_map(|(id, fields)| {
+                let seq = wire::entry_seq(&id)?;
+                let (_, frame) = fields.into_iter().next()?;
+                Some((seq, inner.frames.frame(frame)))
+            })
+            .collect()
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_states_parse_with_and_without_history() {
+        let with = Value::Array(vec![
+            Value::BulkString(b"e1".to_vec()),
+            Value::Int(9),
+            Value::BulkString(b"4-0".to_vec()),
+        ]);
+        assert_eq!(
+            parse_state(with),
+            Some(RoomState {
+                epoch: "e1".into(),
+                seq: 9,
+                oldest: Some(4)
+            })
+        );
+        let without = Value::Array(vec![Value::BulkString(b"e1".to_vec()), Value::Int(0)]);
+        assert_eq!(parse_state(without).unwrap().oldest, None);
+        assert_eq!(parse_state(Value::Nil), None);
+    }
+
+    #[test]
+    fn every_script_declares_how_redis_may_run_it() {
+        for script in [PUBLISH, STATE, CREATE, PAGE] {
+            assert!(script.starts_with("#!lua"), "{script}");
         }
     }
-    Ok(Snapshot {
-        epoch,
-        seq,
-        entries,
-    })
 }

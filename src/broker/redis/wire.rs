@@ -15,6 +15,8 @@ pub struct RoomKeys {
     pub log: String,
     /// A hash of instance id → the last publish number applied, for exactly-once retries.
     pub publishers: String,
+    /// Bytes of frames the stream holds, for the per-room byte bound.
+    pub log_bytes: String,
 }
 
 const PREFIX: &str = "roomcast:room:{";
@@ -27,6 +29,7 @@ impl RoomKeys {
             epoch: format!("{base}:epoch"),
             log: format!("{base}:log"),
             publishers: format!("{base}:publishers"),
+            log_bytes: format!("{base}:bytes"),
         }
     }
 }

@@ -1,4 +1,9 @@
-//! The room task: the pub/sub connection, local members, fan-out and gap filling.
+//! The room task: the pub/sub connection, joins and leaves, fan-out, and filling gaps.
+//!
+//! One task owns every room of the instance, so members are added, fed and removed in one
+//! order without locks. Only rooms with local members are subscribed. A message that skips
+//! seqs, or comes from a new epoch, is preceded by what was missed, read from the stream a
+//! page at a time; after a reconnect every room catches up the same way.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,88 +16,19 @@ use serde_json::json;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, interval, sleep, timeout};
 
-use super::scripts::{Snapshot, snapshot};
+use super::room::{self, Arrival, Room};
+use super::scripts::{self, RoomState};
 use super::wire::{self, Published};
-use super::{Command, Inner, Member, REDIS_TIMEOUT, connect, next_backoff, stopping};
-use crate::broker::{Delivery, Frame, MemberHandle, Membership, Resume, Unavailable, plan_replay};
+use super::{Command, Inner, Member, REDIS_TIMEOUT, connect, is_outage, next_backoff, stopping};
+use crate::broker::{
+    MemberHandle, Membership, PAGE_BYTES, PAGE_FRAMES, Resume, Unavailable, plan_replay,
+};
 use crate::log;
-use crate::metrics::Metrics;
-use crate::protocol::{self, ResetReason};
 
 /// How often the room task drops closed members and pings the pub/sub connection.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// A Redis connection that lasted this long was not flapping.
 const STABLE_AFTER: Duration = Duration::from_secs(5);
-
-struct RemoteMember {
-    id: u64,
-    /// Only messages after this seq go to this member: earlier ones were in its replay.
-    live_after: u64,
-    /// The other end is the session's `Membership::feed`.
-    feed: mpsc::Sender<Delivery>,
-}
-
-struct Room {
-    epoch: String,
-    /// The last seq fanned out here; the next one must be `delivered + 1`.
-    delivered: u64,
-    members: Vec<RemoteMember>,
-    next_member_id: u64,
-}
-
-impl Room {
-    /// Queues `delivery` to every member that should see `seq`, closing the ones that lag.
-    fn fan_out(&mut self, seq: u64, delivery: &Delivery, metrics: &Metrics) {
-        let mut delivered = 0;
-        self.members.retain(|member| {
-            if member.live_after >= seq {
-                return true;
-            }
-            match member.feed.try_send(delivery.clone()) {
-                Ok(()) => {
-                    delivered += 1;
-                    true
-                }
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    metrics.slow_reader_dropped();
-                    false
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            }
-        });
-        metrics.frames_queued(delivered);
-    }
-
-    fn notify_reset(&mut self, reason: ResetReason) {
-        let frame = Frame::from(protocol::reset_frame(&self.epoch, self.delivered, reason));
-        self.members
-            .retain(|member| member.feed.try_send(Delivery::Reset(frame.clone())).is_ok());
-    }
-
-    /// Brings the room from `delivered` up to `snapshot`, telling members when history is lost.
-    fn catch_up(&mut self, snapshot: Snapshot, before: u64, metrics: &Metrics) {
-        if snapshot.epoch != self.epoch {
-            self.epoch = snapshot.epoch;
-            self.delivered = 0;
-            for member in &mut self.members {
-                member.live_after = 0;
-            }
-            self.notify_reset(ResetReason::Epoch);
-        } else if snapshot
-            .entries
-            .first()
-            .is_some_and(|(seq, _)| *seq > self.delivered + 1)
-        {
-            self.notify_reset(ResetReason::History);
-        }
-        for (seq, frame) in snapshot.entries {
-            if seq > self.delivered && seq < before {
-                self.fan_out(seq, &Delivery::Chat(frame), metrics);
-                self.delivered = seq;
-            }
-        }
-    }
-}
 
 /// Owns the pub/sub connection and the local members of every room.
 pub(super) struct RoomTask {
@@ -106,6 +42,12 @@ struct Link {
     sink: PubSubSink,
     messages: PubSubStream,
     commands: MultiplexedConnection,
+}
+
+/// Why serving stopped.
+enum Served {
+    Stopped,
+    Lost(String),
 }
 
 impl RoomTask {
@@ -124,8 +66,7 @@ impl RoomTask {
     ) {
         let mut backoff = Duration::ZERO;
         let mut ever_connected = false;
-        // One warning per outage, not one per attempt: "unavailable" before the first
-        // connection, "lost" after each one.
+        // One warning per outage, not one per attempt.
         let mut outage_logged = false;
         loop {
             let link = tokio::select! {
@@ -136,7 +77,8 @@ impl RoomTask {
                 Ok(link) => link,
                 Err(error) => {
                     if !outage_logged {
-                        log::warn("redis unavailable", json!({ "error": error.to_string() }));
+                        let error = log::cut(&error.to_string());
+                        log::warn("redis unavailable", json!({ "error": error }));
                         outage_logged = true;
                     }
                     backoff = next_backoff(backoff);
@@ -161,7 +103,11 @@ impl RoomTask {
             let Served::Lost(reason) = outcome else {
                 return;
             };
-            log::warn("redis connection lost", json!({ "reason": reason }));
+            log::warn(
+                "redis connection lost",
+                json!({ "reason": log::cut(&reason) }),
+            );
+            // The loss was just said; the attempts that follow stay quiet until one works.
             outage_logged = true;
             // A connection that held for a while earns a quick retry; one that keeps failing
             // at once (a flapping Redis) backs off further each time.
@@ -183,29 +129,21 @@ impl RoomTask {
         let pubsub = timeout(REDIS_TIMEOUT, self.client.get_async_pubsub())
             .await
             .map_err(|_| RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)))??;
-        let (mut sink, messages) = pubsub.split();
-        let mut commands = connect(&self.client).await?;
-        let names: Vec<Arc<str>> = self.rooms.keys().cloned().collect();
-        for name in names {
-            subscribe(&mut sink, &name).await?;
-            let room = &self.rooms[&name];
-            let latest = snapshot(
-                &mut commands,
-                &self.inner,
-                &name,
-                Some(room.delivered),
-                Some(&room.epoch),
-            )
-            .await?;
-            if let Some(room) = self.rooms.get_mut(&name) {
-                room.catch_up(latest, u64::MAX, &self.inner.metrics);
-            }
-        }
-        Ok(Link {
+        let (sink, messages) = pubsub.split();
+        let commands = connect(&self.client).await?;
+        let mut link = Link {
             sink,
             messages,
             commands,
-        })
+        };
+        let names: Vec<Arc<str>> = self.rooms.keys().cloned().collect();
+        for name in names {
+            subscribe(&mut link.sink, &name).await?;
+            let state = scripts::room_state(&mut link.commands, &self.inner, &name).await?;
+            self.catch_up(&mut link, &name, &state.epoch, state.seq)
+                .await?;
+        }
+        Ok(link)
     }
 
     /// While Redis is away: wait out the backoff, refusing joins and taking leaves.
@@ -245,12 +183,21 @@ impl RoomTask {
                 _ = stopping(stopped) => return Served::Stopped,
                 command = queue.recv() => match command {
                     Some(Command::Join { room, resume, reply, inner }) => {
-                        let joined = self.join(link, room, resume, inner).await;
-                        let failed = joined.as_ref().err().map(|e| e.to_string());
-                        let _ = reply.send(joined.map_err(|_| Unavailable));
-                        match failed {
-                            Some(error) => Err(error),
-                            None => Ok(()),
+                        match self.join(link, room, resume, inner).await {
+                            Ok(membership) => {
+                                let _ = reply.send(Ok(membership));
+                                Ok(())
+                            }
+                            // Redis answered, just not yes (out of memory, say): this join
+                            // fails, the connection and readiness stay.
+                            Err(error) if !is_outage(&error) => {
+                                let _ = reply.send(Err(Unavailable));
+                                Ok(())
+                            }
+                            Err(error) => {
+                                let _ = reply.send(Err(Unavailable));
+                                Err(error)
+                            }
                         }
                     }
                     Some(Command::Leave { room, id }) => self.leave(link, &room, id).await,
@@ -258,12 +205,20 @@ impl RoomTask {
                 },
                 message = link.messages.next() => match message {
                     Some(message) => self.on_message(link, &message).await,
-                    None => Err("pub/sub connection closed".to_string()),
+                    None => return Served::Lost("pub/sub connection closed".into()),
                 },
                 _ = sweep.tick() => self.sweep(link).await,
             };
-            if let Err(reason) = result {
-                return Served::Lost(reason);
+            match result {
+                Ok(()) => {}
+                Err(error) if !is_outage(&error) => {
+                    // A refused read (a script error, memory): the room catches up later.
+                    log::debug(
+                        "redis refused a read",
+                        json!({ "error": log::cut(&error.to_string()) }),
+                    );
+                }
+                Err(error) => return Served::Lost(error.to_string()),
             }
         }
     }
@@ -276,49 +231,40 @@ impl RoomTask {
         inner: Arc<Inner>,
     ) -> Result<Membership, RedisError> {
         let name: Arc<str> = Arc::from(name);
-        let is_new = !self.rooms.contains_key(&name);
-        if is_new {
+        if !self.rooms.contains_key(&name) {
             subscribe(&mut link.sink, &name).await?;
         }
-        let since = resume.as_ref().map(|r| r.since);
-        let reader_epoch = resume.as_ref().and_then(|r| r.epoch.as_deref());
-        let latest = snapshot(&mut link.commands, &self.inner, &name, since, reader_epoch).await?;
-        let room = self.rooms.entry(Arc::clone(&name)).or_insert_with(|| Room {
-            epoch: latest.epoch.clone(),
-            delivered: latest.seq,
-            members: Vec::new(),
-            next_member_id: 0,
-        });
-        if room.epoch != latest.epoch {
+        let state = match scripts::room_state(&mut link.commands, &self.inner, &name).await {
+            Ok(state) => state,
+            Err(error) => {
+                self.unsubscribe_if_empty(link, &name).await?;
+                return Err(error);
+            }
+        };
+        let RoomState { epoch, seq, oldest } = state;
+        let room = self
+            .rooms
+            .entry(Arc::clone(&name))
+            .or_insert_with(|| Room::new(epoch.clone(), seq));
+        if room.epoch != epoch {
             // Redis lost the room since we last heard from it; members already here resync.
-            room.epoch = latest.epoch.clone();
-            room.delivered = latest.seq;
-            room.notify_reset(ResetReason::Epoch);
+            room.move_to_epoch(epoch.clone());
+            room.delivered = seq;
         }
-        let replay = plan_replay(
-            resume.as_ref(),
-            &latest.epoch,
-            latest.seq,
-            latest.entries.iter().map(|(seq, frame)| (*seq, frame)),
-        );
-        let (sender, feed) = mpsc::channel(self.inner.send_queue);
-        let id = room.next_member_id;
-        room.next_member_id += 1;
-        room.members.push(RemoteMember {
-            id,
-            live_after: latest.seq,
-            feed: sender,
-        });
+        let replay = plan_replay(resume.as_ref(), &epoch, seq, oldest);
+        let queue = (self.inner.send_queue, self.inner.send_queue_bytes);
+        let (id, feed, weak_feed) = room.add_member(seq, queue);
         self.inner.metrics.rooms_now(self.rooms.len());
         let member = Member {
             inner,
             room: name,
             id,
+            feed: weak_feed,
         };
         Ok(Membership::new(
             feed,
-            latest.epoch,
-            latest.seq,
+            epoch,
+            seq,
             replay,
             MemberHandle::Redis(member),
         ))
@@ -326,27 +272,37 @@ impl RoomTask {
 
     fn forget(&mut self, room: &str, id: u64) {
         if let Some(state) = self.rooms.get_mut(room) {
-            state.members.retain(|member| member.id != id);
+            state.forget(id);
         }
     }
 
-    async fn leave(&mut self, link: &mut Link, room: &str, id: u64) -> Result<(), String> {
+    async fn leave(&mut self, link: &mut Link, room: &str, id: u64) -> Result<(), RedisError> {
         self.forget(room, id);
+        self.unsubscribe_if_empty(link, room).await
+    }
+
+    async fn unsubscribe_if_empty(
+        &mut self,
+        link: &mut Link,
+        room: &str,
+    ) -> Result<(), RedisError> {
         if self
             .rooms
             .get(room)
-            .is_some_and(|state| state.members.is_empty())
+            .is_none_or(|state| state.members.is_empty())
         {
             self.rooms.remove(room);
             self.inner.metrics.rooms_now(self.rooms.len());
-            unsubscribe(&mut link.sink, room)
-                .await
-                .map_err(|e| e.to_string())?;
+            unsubscribe(&mut link.sink, room).await?;
         }
         Ok(())
     }
 
-    async fn on_message(&mut self, link: &mut Link, message: &redis::Msg) -> Result<(), String> {
+    async fn on_message(
+        &mut self,
+        link: &mut Link,
+        message: &redis::Msg,
+    ) -> Result<(), RedisError> {
         let Some(name) = wire::room_of(message.get_channel_name()) else {
             return Ok(());
         };
@@ -359,66 +315,90 @@ impl RoomTask {
         let Some(Published { seq, epoch, frame }) = Published::parse(payload) else {
             return Ok(());
         };
-        if epoch == room.epoch && seq <= room.delivered {
-            return Ok(());
+        match room.arrival(seq, epoch) {
+            Arrival::Duplicate => return Ok(()),
+            Arrival::Next => {}
+            Arrival::Gap => {
+                let name: Arc<str> = Arc::from(name);
+                self.catch_up(link, &name, epoch, seq - 1).await?;
+            }
         }
-        // Missed messages (or a new epoch): fetch the gap from the stream, in order.
-        let missing = if epoch != room.epoch || seq > room.delivered + 1 {
-            let (since, reader_epoch) = (room.delivered, room.epoch.clone());
-            let gap = snapshot(
+        let frame = self.inner.frames.frame(frame.to_string());
+        if let Some(room) = self.rooms.get_mut(name)
+            && room.arrival(seq, epoch) == Arrival::Next
+        {
+            room.fan_out(seq, &frame, &self.inner.metrics);
+        }
+        if self.inner.frames.alive() > self.inner.max_backlog_bytes {
+            let limit = self.inner.max_backlog_bytes / 2;
+            let (frames, metrics) = (&self.inner.frames, &self.inner.metrics);
+            room::cut_largest_backlogs(self.rooms.values_mut(), || frames.alive() > limit, metrics);
+        }
+        Ok(())
+    }
+
+    /// Brings a room up to seq `until` of `epoch`, from its stream, a page at a time.
+    async fn catch_up(
+        &mut self,
+        link: &mut Link,
+        name: &Arc<str>,
+        epoch: &str,
+        until: u64,
+    ) -> Result<(), RedisError> {
+        loop {
+            let Some(room) = self.rooms.get_mut(name) else {
+                return Ok(());
+            };
+            if room.epoch != epoch {
+                room.move_to_epoch(epoch.to_string());
+            }
+            if room.delivered >= until {
+                return Ok(());
+            }
+            let (after, limits) = (room.delivered, (PAGE_FRAMES, PAGE_BYTES));
+            let page = scripts::page(
                 &mut link.commands,
                 &self.inner,
                 name,
-                Some(since),
-                Some(&reader_epoch),
-            );
-            Some(gap.await.map_err(|e| e.to_string())?)
-        } else {
-            None
-        };
-        let Some(room) = self.rooms.get_mut(name) else {
-            return Ok(());
-        };
-        if let Some(missing) = missing {
-            room.catch_up(missing, seq, &self.inner.metrics);
-            if seq <= room.delivered || epoch != room.epoch {
+                epoch,
+                after,
+                until,
+                limits,
+            )
+            .await?;
+            let Some(room) = self.rooms.get_mut(name) else {
                 return Ok(());
+            };
+            match page {
+                // The room moved on to another epoch meanwhile; its messages will say so.
+                None => return Ok(()),
+                Some(page) if page.is_empty() => {
+                    room.skip_to(until);
+                    return Ok(());
+                }
+                Some(page) => room.absorb(page, &self.inner.metrics),
             }
         }
-        let delivery = Delivery::Chat(Frame::from(frame.to_string()));
-        room.fan_out(seq, &delivery, &self.inner.metrics);
-        room.delivered = seq;
-        Ok(())
     }
 
     /// Drops members whose sessions ended without a leave, unsubscribes empty rooms, and
     /// pings the pub/sub connection so a silent Redis is noticed.
-    async fn sweep(&mut self, link: &mut Link) -> Result<(), String> {
+    async fn sweep(&mut self, link: &mut Link) -> Result<(), RedisError> {
         let mut empty = Vec::new();
         for (name, room) in &mut self.rooms {
-            room.members.retain(|member| !member.feed.is_closed());
+            room.members.retain(|member| !member.feed.is_gone());
             if room.members.is_empty() {
                 empty.push(Arc::clone(name));
             }
         }
         for name in empty {
-            self.rooms.remove(&name);
-            unsubscribe(&mut link.sink, &name)
-                .await
-                .map_err(|e| e.to_string())?;
+            self.unsubscribe_if_empty(link, &name).await?;
         }
-        self.inner.metrics.rooms_now(self.rooms.len());
         match timeout(REDIS_TIMEOUT, link.sink.ping::<Value>()).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(error)) => Err(error.to_string()),
-            Err(_) => Err("pub/sub ping timed out".to_string()),
+            Ok(result) => result.map(drop),
+            Err(_) => Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()),
         }
     }
-}
-
-enum Served {
-    Stopped,
-    Lost(String),
 }
 
 async fn subscribe(sink: &mut PubSubSink, room: &str) -> Result<(), RedisError> {

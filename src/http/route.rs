@@ -1,0 +1,234 @@
+//! Routing a request head to its answer; no I/O.
+
+use super::head::Head;
+use super::response::{CHAT_PAGE, HEALTHZ, NOT_READY, READY, Status, head_of, ok_response};
+use super::upgrade::{Origins, Target, Upgrade};
+use crate::broker::Resume;
+use crate::config::Config;
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::protocol;
+
+/// What the front end reads its answers from.
+pub struct Endpoints<'a> {
+    pub config: &'a Config,
+    pub health: &'a Health,
+    pub metrics: &'a Metrics,
+}
+
+pub enum Answer {
+    Respond {
+        bytes: Vec<u8>,
+        /// Keep the connection open for the next request.
+        keep_alive: bool,
+    },
+    Reject(Status, &'static str),
+    Upgrade(Upgrade),
+}
+
+pub fn answer(head: &Head, endpoints: &Endpoints<'_>) -> Answer {
+    let head_only = match head.method.as_str() {
+        "GET" => false,
+        "HEAD" => true,
+        _ => return Answer::Reject(Status::MethodNotAllowed, "only GET and HEAD are served"),
+    };
+    let has_body = head.header("transfer-encoding").is_some()
+        || head
+            .header("content-length")
+            .is_some_and(|length| length != "0");
+    if has_body {
+        return Answer::Reject(Status::BadRequest, "request bodies are not accepted");
+    }
+    let keep_alive = head.keep_alive();
+    let fixed = |bytes: &'static [u8]| {
+        let bytes = if head_only { head_of(bytes) } else { bytes };
+        Answer::Respond {
+            bytes: bytes.to_vec(),
+            keep_alive,
+        }
+    };
+    let page = || Answer::Respond {
+        bytes: ok_response("text/html; charset=utf-8", CHAT_PAGE, head_only),
+        keep_alive,
+    };
+    match head.path.as_str() {
+        "/healthz" => fixed(HEALTHZ),
+        "/readyz" if endpoints.health.is_ready() => fixed(READY),
+        "/readyz" => fixed(NOT_READY),
+        "/metrics" => {
+            let text = endpoints.metrics.render(endpoints.health);
+            Answer::Respond {
+                bytes: ok_response("text/plain; version=0.0.4", text.as_bytes(), head_only),
+                keep_alive,
+            }
+        }
+        "/" => page(),
+        "/ws/echo" if endpoints.config.echo => upgrade(head, endpoints, Target::Echo),
+        path if room_in(path, "/chat/").is_some() => page(),
+        path => match room_in(path, "/ws/chat/") {
+            Some(room) => match chat_target(room, &head.query) {
+                Ok(target) => upgrade(head, endpoints, target),
+                Err(reason) => Answer::Reject(Status::BadRequest, reason),
+            },
+            None => Answer::Reject(Status::NotFound, "no such page"),
+        },
+    }
+}
+
+fn upgrade(head: &Head, endpoints: &Endpoints<'_>, target: Target) -> Answer {
+    let origins = if endpoints.config.allowed_origins.iter().any(|o| o == "*") {
+        Origins::Any
+    } else {
+        Origins::SameAnd(endpoints.config.allowed_origins.clone())
+    };
+    match Upgrade::check(head, target, &origins) {
+        Ok(upgrade) => Answer::Upgrade(upgrade),
+        Err((status, reason)) => Answer::Reject(status, reason),
+    }
+}
+
+/// The room in `<prefix><room>/` (the trailing slash is optional), if the name is valid.
+fn room_in<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
+    let rest = path.strip_prefix(prefix)?;
+    let room = rest.strip_suffix('/').unwrap_or(rest);
+    protocol::is_valid_room(room).then_some(room)
+}
+
+/// A chat upgrade's query: `since=N` and `epoch=E` to resume, or `recent=N` for the last
+/// messages of the room's history (a page loading).
+pub fn chat_target(room: &str, query: &str) -> Result<Target, &'static str> {
+    let mut since = None;
+    let mut epoch = None;
+    let mut recent = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "since" => since = Some(whole(value).ok_or("since must be a whole number")?),
+            "recent" => recent = Some(whole(value).ok_or("recent must be a whole number")?),
+            "epoch" if is_plain_token(value) => epoch = Some(value.to_string()),
+            "epoch" => return Err("epoch must be 1-64 characters of A-Z a-z 0-9 - _ ."),
+            _ => {}
+        }
+    }
+    let resume = match (since, recent) {
+        (Some(since), _) => Some(Resume::Since { since, epoch }),
+        (None, Some(count)) => Some(Resume::Recent(count)),
+        (None, None) => None,
+    };
+    Ok(Target::Chat {
+        room: room.to_string(),
+        resume,
+    })
+}
+
+fn whole(value: &str) -> Option<u64> {
+    // `u64::from_str` takes a leading `+`; a query value should be digits only.
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    value.parse().ok()
+}
+
+fn is_plain_token(value: &str) -> bool {
+    (1..=64).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::head::head_for;
+
+    fn route(request: &str, config: &Config) -> Answer {
+        let health = Health::default();
+        let metrics = Metrics::default();
+        let endpoints = Endpoints {
+            config,
+            health: &health,
+            metrics: &metrics,
+        };
+        answer(&head_for(request), &endpoints)
+    }
+
+    const UPGRADE: &str = "Host: t\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\
+        Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+
+    #[test]
+    fn routes_chat_upgrades_with_resume() {
+        let request = format!("GET /ws/chat/lobby/?since=4&epoch=ab.1 HTTP/1.1\r\n{UPGRADE}\r\n");
+        let Answer::Upgrade(upgrade) = route(&request, &Config::default()) else {
+            panic!("expected an upgrade");
+        };
+        let resume = Resume::Since {
+            since: 4,
+            epoch: Some("ab.1".into()),
+        };
+        assert_eq!(
+            upgrade.target,
+            Target::Chat {
+                room: "lobby".into(),
+                resume: Some(resume)
+            }
+        );
+        let recent = chat_target("lobby", "recent=50").unwrap();
+        assert!(matches!(
+            recent,
+            Target::Chat {
+                resume: Some(Resume::Recent(50)),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn rejects_what_the_contract_rejects() {
+        let config = Config::default();
+        let cases = [
+            ("POST /healthz HTTP/1.1\r\n\r\n", Status::MethodNotAllowed),
+            ("GET /nope HTTP/1.1\r\n\r\n", Status::NotFound),
+            ("GET /chat/bad%20room/ HTTP/1.1\r\n\r\n", Status::NotFound),
+            (
+                "GET /ws/chat/lobby/ HTTP/1.1\r\n\r\n",
+                Status::UpgradeRequired,
+            ),
+            ("GET /ws/echo HTTP/1.1\r\n\r\n", Status::NotFound),
+            (
+                "GET /healthz HTTP/1.1\r\nContent-Length: 5\r\n\r\n",
+                Status::BadRequest,
+            ),
+        ];
+        for (request, expected) in cases {
+            match route(request, &config) {
+                Answer::Reject(status, _) => assert_eq!(status, expected, "{request}"),
+                _ => panic!("{request} was not rejected"),
+            }
+        }
+        for query in ["since=x", "since=+3", "recent=-1", "epoch=a%20b"] {
+            let request = format!("GET /ws/chat/lobby/?{query} HTTP/1.1\r\n{UPGRADE}\r\n");
+            assert!(
+                matches!(
+                    route(&request, &config),
+                    Answer::Reject(Status::BadRequest, _)
+                ),
+                "{query}"
+            );
+        }
+    }
+
+    #[test]
+    fn any_origin_when_the_list_says_so() {
+        let foreign =
+            format!("GET /ws/chat/a/ HTTP/1.1\r\n{UPGRADE}Origin: https://evil.example\r\n\r\n");
+        assert!(matches!(
+            route(&foreign, &Config::default()),
+            Answer::Reject(Status::Forbidden, _)
+        ));
+        let open = Config {
+            allowed_origins: vec!["*".into()],
+            ..Config::default()
+        };
+        assert!(matches!(route(&foreign, &open), Answer::Upgrade(_)));
+    }
+}

@@ -1,0 +1,362 @@
+//! A chat session: the replay, then the room's feed, the client's messages, the clock and
+//! shutdown, all in one `select!`, until one of them ends it.
+
+use futures_util::StreamExt;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use super::clock::{Due, PeerClock};
+use super::outbound::{CLOSE_WAIT, Socket, feed_text, flush, send_close, within};
+use super::{Ending, ending_for};
+use crate::broker::{Delivery, Membership, Page, Replay, Unavailable};
+use crate::config::LogLevel;
+use crate::log;
+use crate::protocol::{self, CLOSE_SLOW_READER, ChatParts, ResetReason};
+use crate::shared::Shared;
+use crate::shutdown::Shutdown;
+
+/// Frames written per flush, so one busy room cannot starve the rest of the loop.
+const MAX_BATCH: usize = 64;
+
+pub(super) struct ChatSession<'a> {
+    socket: Socket,
+    membership: Membership,
+    room: String,
+    extended: bool,
+    shared: &'a Shared,
+    clock: PeerClock,
+    /// While replaying: the seq after which the next page starts.
+    replay: Option<Cursor>,
+}
+
+struct Cursor {
+    after: u64,
+    /// Messages trimmed away meanwhile get a reset notice (a resume, not a page load).
+    notify_gaps: bool,
+    reset_sent: bool,
+}
+
+/// What the outbound side has next: a page of the replay, or the live feed.
+enum Outbound {
+    Page(Result<Page, Unavailable>),
+    Live(Option<Delivery>),
+}
+
+async fn next_outbound(membership: &mut Membership, replay: Option<u64>) -> Outbound {
+    match replay {
+        // Boxed: a Redis read is a large future, and only a replaying session needs one.
+        Some(after) => Outbound::Page(Box::pin(membership.replay_page(after)).await),
+        None => Outbound::Live(membership.feed.recv().await),
+    }
+}
+
+impl<'a> ChatSession<'a> {
+    pub(super) fn new(
+        socket: Socket,
+        membership: Membership,
+        room: String,
+        extended: bool,
+        shared: &'a Shared,
+        clock: PeerClock,
+    ) -> ChatSession<'a> {
+        ChatSession {
+            socket,
+            membership,
+            room,
+            extended,
+            shared,
+            clock,
+            replay: None,
+        }
+    }
+
+    pub(super) async fn run(mut self, mut shutdown: Shutdown) {
+        if self.extended && self.greet().await.is_err() {
+            return;
+        }
+        let ending = loop {
+            let after = self.replay.as_ref().map(|cursor| cursor.after);
+            let step = tokio::select! {
+                _ = shutdown.signalled() => Some(Ending::Shutdown),
+                // Boxed, like the closing paths below: rare or short-lived, they would
+                // otherwise make every idle session as large as the largest of them.
+                inbound = self.socket.next() => Box::pin(self.on_inbound(inbound)).await,
+                outbound = next_outbound(&mut self.membership, after) => match outbound {
+                    Outbound::Page(page) => Box::pin(self.on_page(page)).await,
+                    Outbound::Live(Some(delivery)) => self.deliver(delivery).await,
+                    Outbound::Live(None) => Some(Ending::Close(
+                        CloseCode::from(CLOSE_SLOW_READER),
+                        "too slow: resume with since",
+                    )),
+                },
+                _ = self.clock.due() => self.on_timer().await,
+            };
+            if let Some(ending) = step {
+                break ending;
+            }
+        };
+        if log::enabled(LogLevel::Debug) {
+            let why = ending.describe();
+            log::debug(
+                "websocket closing",
+                json!({ "room": self.room, "why": why }),
+            );
+        }
+        Box::pin(self.close(ending)).await;
+    }
+
+    /// The welcome frame, a reset notice if the resume cannot be honoured, and the replay's
+    /// starting point.
+    async fn greet(&mut self) -> Result<(), WsError> {
+        let limit = self.clock.timeout();
+        let membership = &self.membership;
+        let welcome = protocol::welcome_frame(&self.room, &membership.epoch, membership.seq);
+        feed_text(&mut self.socket, limit, welcome.into()).await?;
+        if let Replay::From {
+            after,
+            reset,
+            notify_gaps,
+        } = membership.replay
+        {
+            if let Some(reason) = reset {
+                let notice = protocol::reset_frame(&membership.epoch, membership.seq, reason);
+                feed_text(&mut self.socket, limit, notice.into()).await?;
+            }
+            if after < membership.seq {
+                self.replay = Some(Cursor {
+                    after,
+                    notify_gaps,
+                    reset_sent: reset.is_some(),
+                });
+            }
+        }
+        flush(&mut self.socket, limit).await
+    }
+
+    /// Sends one page of the replay; an empty page, or one reaching the join seq, ends it.
+    async fn on_page(&mut self, page: Result<Page, Unavailable>) -> Option<Ending> {
+        let Ok(page) = page else {
+            return Some(Ending::Close(
+                CloseCode::Again,
+                "broker unavailable: resume with since",
+            ));
+        };
+        let limit = self.clock.timeout();
+        let cursor = self.replay.as_mut()?;
+        if page.gap && cursor.notify_gaps && !cursor.reset_sent {
+            cursor.reset_sent = true;
+            let membership = &self.membership;
+            let notice =
+                protocol::reset_frame(&membership.epoch, membership.seq, ResetReason::History);
+            if feed_text(&mut self.socket, limit, notice.into())
+                .await
+                .is_err()
+            {
+                return Some(Ending::Gone);
+            }
+        }
+        let done = page.frames.is_empty() || page.last >= self.membership.seq;
+        cursor.after = page.last;
+        for frame in page.frames {
+            if feed_text(&mut self.socket, limit, frame).await.is_err() {
+                return Some(Ending::Gone);
+            }
+        }
+        if done {
+            self.replay = None;
+        }
+        flush(&mut self.socket, limit)
+            .await
+            .err()
+            .map(|_| Ending::Gone)
+    }
+
+    async fn on_inbound(&mut self, inbound: Option<Result<Message, WsError>>) -> Option<Ending> {
+        self.clock.heard();
+        let message = match inbound {
+            None => return Some(Ending::Gone),
+            Some(Ok(message)) => message,
+            Some(Err(error)) => return Some(ending_for(error, &self.shared.metrics)),
+        };
+        match message {
+            Message::Text(text) => self.on_text(text.as_str()).await,
+            Message::Binary(_) => {
+                self.shared.metrics.invalid_frame();
+                Some(Ending::Close(
+                    CloseCode::Unsupported,
+                    "binary frames are not accepted",
+                ))
+            }
+            // tungstenite answers pings itself and replies to a close before returning it.
+            Message::Close(_) => Some(self.finish_close().await),
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => None,
+        }
+    }
+
+    async fn on_text(&mut self, text: &str) -> Option<Ending> {
+        let metrics = &self.shared.metrics;
+        metrics.message_received();
+        let error = match protocol::parse_chat(text) {
+            Ok(message) => {
+                let chat = ChatParts::new(&message, None, protocol::now_ms());
+                match self.membership.publish(chat).await {
+                    Ok(()) => return None,
+                    Err(Unavailable) => {
+                        metrics.publish_refused();
+                        return self.refused().await;
+                    }
+                }
+            }
+            Err(invalid) => {
+                metrics.invalid_frame();
+                if !self.extended {
+                    return Some(Ending::Close(CloseCode::Invalid, invalid.detail()));
+                }
+                protocol::error_frame(invalid.code(), invalid.detail())
+            }
+        };
+        self.send_now(error).await
+    }
+
+    /// A message of this client's was not published: an error frame, or close 1013.
+    async fn refused(&mut self) -> Option<Ending> {
+        const REASON: &str = "broker unavailable: message not sent";
+        if !self.extended {
+            return Some(Ending::Close(CloseCode::Again, REASON));
+        }
+        self.send_now(protocol::error_frame("unavailable", REASON))
+            .await
+    }
+
+    async fn send_now(&mut self, frame: String) -> Option<Ending> {
+        let limit = self.clock.timeout();
+        let sent = feed_text(&mut self.socket, limit, frame.into()).await;
+        match sent.and(flush(&mut self.socket, limit).await) {
+            Ok(()) => None,
+            Err(_) => Some(Ending::Gone),
+        }
+    }
+
+    /// Writes `first` and whatever else is already queued, then flushes once.
+    async fn deliver(&mut self, first: Delivery) -> Option<Ending> {
+        let mut next = Some(first);
+        let mut written = 0;
+        while let Some(delivery) = next.take() {
+            if let Some(ending) = self.queue(delivery).await {
+                return Some(ending);
+            }
+            written += 1;
+            if written < MAX_BATCH {
+                next = self.membership.feed.try_recv();
+            }
+        }
+        flush(&mut self.socket, self.clock.timeout())
+            .await
+            .err()
+            .map(|_| Ending::Gone)
+    }
+
+    /// Buffers one delivery without flushing; reset notices only reach extended clients.
+    async fn queue(&mut self, delivery: Delivery) -> Option<Ending> {
+        let limit = self.clock.timeout();
+        let frame = match delivery {
+            Delivery::Chat(frame) => frame,
+            Delivery::Reset(frame) if self.extended => frame,
+            Delivery::Reset(_) => return None,
+            Delivery::PublishFailed => {
+                self.shared.metrics.publish_refused();
+                return self.refused().await;
+            }
+        };
+        feed_text(&mut self.socket, limit, frame)
+            .await
+            .err()
+            .map(|_| Ending::Gone)
+    }
+
+    async fn on_timer(&mut self) -> Option<Ending> {
+        match self.clock.check(self.socket.get_ref().busy_since()) {
+            Due::Nothing => None,
+            Due::Silent => Some(Ending::Silent),
+            Due::Unfinished => Some(Ending::Close(
+                CloseCode::Policy,
+                "message not completed within the peer timeout",
+            )),
+            Due::Ping => {
+                let limit = self.clock.timeout();
+                let ping = within(
+                    limit,
+                    futures_util::SinkExt::send(
+                        &mut self.socket,
+                        Message::Ping(Default::default()),
+                    ),
+                );
+                ping.await.err().map(|_| Ending::Gone)
+            }
+        }
+    }
+
+    async fn close(mut self, ending: Ending) {
+        let limit = self.clock.timeout();
+        match ending {
+            Ending::Gone => {}
+            Ending::Silent => {
+                let _ = send_close(&mut self.socket, limit, None).await;
+            }
+            Ending::Shutdown => {
+                // Deliver what was published before the close, then keep taking the peer's
+                // in-flight messages until it answers the close.
+                while let Some(delivery) = self.membership.feed.try_recv() {
+                    if self.queue(delivery).await.is_some() {
+                        return;
+                    }
+                }
+                self.close_and_wait(CloseCode::Restart, "server restart")
+                    .await;
+            }
+            Ending::Close(code, reason) => self.close_and_wait(code, reason).await,
+        }
+    }
+
+    /// Sends our close and waits for the peer's. On a restart, chat messages the peer sent
+    /// before it saw our close are still published, so a deploy loses none of them.
+    async fn close_and_wait(&mut self, code: CloseCode, reason: &'static str) {
+        let publish_in_flight = code == CloseCode::Restart;
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        let limit = self.clock.timeout();
+        if send_close(&mut self.socket, limit, Some(frame))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let _ = tokio::time::timeout(limit.min(CLOSE_WAIT), async {
+            while let Some(Ok(message)) = self.socket.next().await {
+                if let Message::Text(text) = message
+                    && publish_in_flight
+                    && let Ok(chat) = protocol::parse_chat(text.as_str())
+                {
+                    self.shared.metrics.message_received();
+                    let chat = ChatParts::new(&chat, None, protocol::now_ms());
+                    let _ = self.membership.publish(chat).await;
+                }
+            }
+        })
+        .await;
+    }
+
+    /// After the peer's close: let tungstenite send the reply and end the stream.
+    async fn finish_close(&mut self) -> Ending {
+        let limit = self.clock.timeout().min(CLOSE_WAIT);
+        let _ = tokio::time::timeout(limit, async {
+            while let Some(Ok(_)) = self.socket.next().await {}
+        })
+        .await;
+        Ending::Gone
+    }
+}

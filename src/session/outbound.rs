@@ -1,0 +1,117 @@
+//! Writing to a WebSocket: every write under a deadline, and large frames in fragments.
+//!
+//! A peer that stops reading must not hold a session: each write that makes no progress
+//! within the peer timeout ends it. Frames past [`PIECE`] bytes go out as fragments, so
+//! tungstenite's write buffer, which keeps its largest size for good, stays small.
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::SinkExt;
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+
+use super::gate::{Gated, PIECE};
+
+pub type Socket = WebSocketStream<Gated<TcpStream>>;
+
+/// Bytes tungstenite gathers before it writes to the socket.
+const WRITE_BUFFER: usize = 4096;
+
+/// How long to wait for the peer's close frame after sending ours.
+pub const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+pub fn config(max_message_bytes: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(1024)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(WRITE_BUFFER + 2 * (PIECE + 16))
+        .max_message_size(Some(max_message_bytes))
+        .max_frame_size(Some(max_message_bytes))
+}
+
+/// `op`, failing as a timed-out write if it does not finish within `limit`.
+pub async fn within<T>(
+    limit: Duration,
+    op: impl Future<Output = Result<T, WsError>>,
+) -> Result<T, WsError> {
+    match timeout(limit, op).await {
+        Ok(result) => result,
+        Err(_) => Err(WsError::Io(std::io::ErrorKind::TimedOut.into())),
+    }
+}
+
+/// Queues a text frame without flushing; a large one as fragments.
+pub async fn feed_text(
+    socket: &mut Socket,
+    limit: Duration,
+    text: Utf8Bytes,
+) -> Result<(), WsError> {
+    if text.len() <= PIECE {
+        return within(limit, socket.feed(Message::Text(text))).await;
+    }
+    let bytes: Bytes = text.into();
+    let mut start = 0;
+    while start < bytes.len() {
+        let end = (start + PIECE).min(bytes.len());
+        let opcode = if start == 0 {
+            Data::Text
+        } else {
+            Data::Continue
+        };
+        let fragment = Frame::message(
+            bytes.slice(start..end),
+            OpCode::Data(opcode),
+            end == bytes.len(),
+        );
+        within(limit, socket.feed(Message::Frame(fragment))).await?;
+        start = end;
+    }
+    Ok(())
+}
+
+/// Queues a binary message (echo only) the same way.
+pub async fn feed_binary(
+    socket: &mut Socket,
+    limit: Duration,
+    bytes: Bytes,
+) -> Result<(), WsError> {
+    let mut start = 0;
+    loop {
+        let end = (start + PIECE).min(bytes.len());
+        let opcode = if start == 0 {
+            Data::Binary
+        } else {
+            Data::Continue
+        };
+        let fragment = Frame::message(
+            bytes.slice(start..end),
+            OpCode::Data(opcode),
+            end == bytes.len(),
+        );
+        within(limit, socket.feed(Message::Frame(fragment))).await?;
+        start = end;
+        if start >= bytes.len() {
+            return Ok(());
+        }
+    }
+}
+
+pub async fn flush(socket: &mut Socket, limit: Duration) -> Result<(), WsError> {
+    within(limit, socket.flush()).await
+}
+
+/// Sends a close frame, bounded like every write.
+pub async fn send_close(
+    socket: &mut Socket,
+    limit: Duration,
+    frame: Option<CloseFrame>,
+) -> Result<(), WsError> {
+    within(limit.min(CLOSE_WAIT), socket.close(frame)).await
+}
