@@ -11,6 +11,7 @@ pub mod broker;
 pub mod config;
 pub mod health;
 pub mod http;
+pub mod limits;
 pub mod log;
 pub mod metrics;
 pub mod nofile;

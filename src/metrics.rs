@@ -66,6 +66,10 @@ metrics! {
     connections_total: Counter = "roomcast_connections_total", "Accepted TCP connections.";
     connections_rejected: Counter = "roomcast_connections_rejected_total",
         "Connections answered 503 at the connection cap.";
+    address_refusals: Counter = "roomcast_address_refusals_total",
+        "Connections and upgrades answered 429: over a per-address limit.";
+    rate_limited: Counter = "roomcast_rate_limited_total",
+        "Chat messages refused over the per-connection publish rate.";
     websockets_open: Gauge = "roomcast_websockets_open", "Open chat and echo WebSockets.";
     rooms: Gauge = "roomcast_rooms", "Rooms with members on this instance.";
     messages_in: Counter = "roomcast_messages_in_total", "Chat messages received from clients.";
@@ -112,6 +116,14 @@ impl Metrics {
 
     pub fn connection_refused(&self) {
         self.connections_rejected.add(1);
+    }
+
+    pub fn address_refused(&self) {
+        self.address_refusals.add(1);
+    }
+
+    pub fn rate_limited(&self) {
+        self.rate_limited.add(1);
     }
 
     pub fn connection_opened(&self) {

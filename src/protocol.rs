@@ -151,6 +151,13 @@ pub fn reset_frame(epoch: &str, seq: u64, reason: ResetReason) -> String {
     frame
 }
 
+/// `rate_limited`, with when the next message would be accepted.
+pub fn rate_limited_frame(retry_after_ms: u64) -> String {
+    format!(
+        "{{\"type\":\"error\",\"code\":\"rate_limited\",\"detail\":\"too many messages: slow down\",\"retry_after_ms\":{retry_after_ms}}}"
+    )
+}
+
 pub fn error_frame(code: &str, detail: &str) -> String {
     let mut frame = String::from("{\"type\":\"error\",\"code\":");
     push_json_string(&mut frame, code);
@@ -267,6 +274,10 @@ mod tests {
         let reset: Value =
             serde_json::from_str(&reset_frame("e2", 9, ResetReason::History)).unwrap();
         assert_eq!(reset["reason"], "history");
+
+        let limited: Value = serde_json::from_str(&rate_limited_frame(250)).unwrap();
+        assert_eq!(limited["code"], "rate_limited");
+        assert_eq!(limited["retry_after_ms"], 250);
 
         let error: Value = serde_json::from_str(&error_frame("invalid_json", "x")).unwrap();
         assert_eq!(error["type"], "error");

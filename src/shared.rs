@@ -5,6 +5,7 @@ use std::sync::Arc;
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::health::Health;
+use crate::limits::{AddressTable, RateLimit};
 use crate::metrics::Metrics;
 use crate::session::gate::InboundBudget;
 
@@ -15,6 +16,10 @@ pub struct Shared {
     pub broker: Broker,
     /// Large messages being received, over every connection.
     pub inbound: Arc<InboundBudget>,
+    /// Connections and upgrade rates per client address.
+    pub addresses: Arc<AddressTable>,
+    /// How fast one connection may publish.
+    pub publish_rate: RateLimit,
 }
 
 impl Shared {
@@ -24,12 +29,21 @@ impl Shared {
         let health = Arc::new(Health::default());
         let broker = Broker::start(&config, Arc::clone(&health), Arc::clone(&metrics));
         let inbound = Arc::new(InboundBudget::new(config.inbound_budget_bytes));
+        let upgrades = RateLimit::new(config.upgrade_rate, config.upgrade_burst);
+        let addresses = Arc::new(AddressTable::new(
+            config.max_connections_per_ip,
+            upgrades,
+            config.max_connections,
+        ));
+        let publish_rate = RateLimit::new(config.rate, config.burst);
         Shared {
             config,
             health,
             metrics,
             broker,
             inbound,
+            addresses,
+            publish_rate,
         }
     }
 }

@@ -24,7 +24,8 @@ use common::{Server, find_program, free_port, http_get, skip_unless_ci};
 use traffic::{Traffic, check};
 
 const MEMBERS: usize = 12;
-const PUBLISH_EVERY: Duration = Duration::from_millis(10);
+// A person typing fast: under the default publish rate (5/s), as a real deploy sees it.
+const PUBLISH_EVERY: Duration = Duration::from_millis(250);
 /// Blue's and green's `/readyz` turns 503 this long before they stop listening; HAProxy
 /// (inter 200ms, fastinter 100ms, fall 2) needs about 300 ms to take a colour out.
 const SHUTDOWN_DELAY_MS: &str = "1000";

@@ -127,7 +127,8 @@ async fn rooms_are_isolated_and_each_keeps_its_own_order() {
 
 #[tokio::test]
 async fn many_clients_in_one_room_all_receive_everything() {
-    let server = Server::start(&[]);
+    // 100 clients from one address: above the default per-address upgrade burst.
+    let server = Server::start(&[("ROOMCAST_UPGRADE_BURST", "200")]);
     let url = server.ws_url("/ws/chat/crowd/");
     let mut members = Vec::new();
     for _ in 0..100 {
@@ -301,7 +302,13 @@ async fn bad_room_names_are_not_found() {
 
 #[tokio::test]
 async fn a_slow_reader_is_closed_while_the_others_keep_up() {
-    let server = Server::start(&[("ROOMCAST_SEND_QUEUE", "8"), ("ROOMCAST_HISTORY", "0")]);
+    // The publisher floods on purpose, far above the default publish rate.
+    let server = Server::start(&[
+        ("ROOMCAST_SEND_QUEUE", "8"),
+        ("ROOMCAST_HISTORY", "0"),
+        ("ROOMCAST_RATE", "100000"),
+        ("ROOMCAST_BURST", "100000"),
+    ]);
     let url = server.ws_url("/ws/chat/firehose/");
     let mut slow = connect(&url, false).await;
     let mut publisher = connect(&url, false).await;

@@ -34,7 +34,8 @@ const IMAGE_SIZE_LIMIT: u64 = 20 * 1024 * 1024;
 /// compose.yml's stop_grace_period for the app.
 const GRACE: Duration = Duration::from_secs(15);
 const MEMBERS: usize = 10;
-const PUBLISH_EVERY: Duration = Duration::from_millis(10);
+// A person typing fast: under the default publish rate (5/s), as a real deploy sees it.
+const PUBLISH_EVERY: Duration = Duration::from_millis(250);
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

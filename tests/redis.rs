@@ -21,6 +21,9 @@ macro_rules! require_redis {
     };
 }
 
+/// For tests that publish as fast as they can, far above the default publish rate.
+const FLOOD: &[(&str, &str)] = &[("ROOMCAST_RATE", "100000"), ("ROOMCAST_BURST", "100000")];
+
 async fn instance(redis: &RedisServer, extra: &[(&str, &str)]) -> Server {
     let url = redis.url();
     let mut env = vec![("ROOMCAST_REDIS_URL", url.as_str())];
@@ -49,7 +52,7 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 async fn messages_cross_instances_with_one_seq() {
     require_redis!("messages_cross_instances_with_one_seq");
     let redis = RedisServer::start();
-    let (a, b) = (instance(&redis, &[]).await, instance(&redis, &[]).await);
+    let (a, b) = (instance(&redis, FLOOD).await, instance(&redis, FLOOD).await);
     let mut on_a = connect(&a.ws_url("/ws/chat/shared/"), false).await;
     let mut on_b = connect(&b.ws_url("/ws/chat/shared/"), false).await;
     a.wait_metric("roomcast_rooms", 1).await;
@@ -70,9 +73,9 @@ async fn publishers_on_every_instance_share_one_total_order() {
     require_redis!("publishers_on_every_instance_share_one_total_order");
     let redis = RedisServer::start();
     let instances = [
-        instance(&redis, &[]).await,
-        instance(&redis, &[]).await,
-        instance(&redis, &[]).await,
+        instance(&redis, FLOOD).await,
+        instance(&redis, FLOOD).await,
+        instance(&redis, FLOOD).await,
     ];
     let mut clients = Vec::new();
     for server in &instances {
@@ -128,7 +131,7 @@ async fn publishers_on_every_instance_share_one_total_order() {
 async fn resume_on_another_instance_replays_from_the_shared_history() {
     require_redis!("resume_on_another_instance_replays_from_the_shared_history");
     let redis = RedisServer::start();
-    let (a, b) = (instance(&redis, &[]).await, instance(&redis, &[]).await);
+    let (a, b) = (instance(&redis, FLOOD).await, instance(&redis, FLOOD).await);
     let mut writer = connect(&a.ws_url("/ws/chat/history/"), true).await;
     let epoch = welcome(&mut writer).await["epoch"]
         .as_str()
@@ -243,7 +246,7 @@ async fn collect_until(ws: &mut Ws, last: u64, seen: &mut Vec<u64>) {
 async fn pubsub_kills_and_redis_restarts_lose_nothing() {
     require_redis!("pubsub_kills_and_redis_restarts_lose_nothing");
     let mut redis = RedisServer::start();
-    let (a, b) = (instance(&redis, &[]).await, instance(&redis, &[]).await);
+    let (a, b) = (instance(&redis, FLOOD).await, instance(&redis, FLOOD).await);
     let mut members = Vec::new();
     for server in [&a, &b] {
         for _ in 0..2 {

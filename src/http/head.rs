@@ -1,8 +1,6 @@
 //! Reading one request head with httparse: `Partial` means read more, under a byte cap, a
 //! header-count cap and a deadline.
 
-use std::time::Duration;
-
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout_at};
@@ -71,14 +69,13 @@ pub enum HeadError {
     Reject(Status, &'static str),
 }
 
-/// Reads one request head into `buffer` under the head deadline; the bytes after it stay there.
+/// Reads one request head into `buffer` by `deadline`; the bytes after it stay there.
 pub async fn read_head(
     stream: &mut TcpStream,
     buffer: &mut Vec<u8>,
-    head_timeout: Duration,
+    deadline: Instant,
     shutdown: &mut Shutdown,
 ) -> Result<Head, HeadError> {
-    let deadline = Instant::now() + head_timeout;
     loop {
         if !buffer.is_empty() {
             if let Some((head, length)) = parse_head(buffer)? {
@@ -92,24 +89,37 @@ pub async fn read_head(
                 ));
             }
         }
-        let start = buffer.len();
-        buffer.resize(MAX_HEAD_BYTES.min(start + 2048), 0);
-        let read = tokio::select! {
-            read = timeout_at(deadline, stream.read(&mut buffer[start..])) => read,
-            _ = shutdown.signalled() => Ok(Ok(0)),
-        };
-        match read {
-            Ok(Ok(n)) if n > 0 => buffer.truncate(start + n),
-            Ok(_) => return Err(HeadError::Closed),
-            // A connection idle between requests just closes; a half-sent head gets 408.
-            Err(_) if start == 0 => return Err(HeadError::Closed),
-            Err(_) => {
-                buffer.truncate(start);
-                return Err(HeadError::Reject(
-                    Status::RequestTimeout,
-                    "request head not received in time",
-                ));
-            }
+        read_more(stream, buffer, deadline, shutdown).await?;
+    }
+}
+
+/// Appends what the peer sends next to `buffer`, up to the head cap, by `deadline`.
+pub async fn read_more(
+    stream: &mut TcpStream,
+    buffer: &mut Vec<u8>,
+    deadline: Instant,
+    shutdown: &mut Shutdown,
+) -> Result<(), HeadError> {
+    let start = buffer.len();
+    buffer.resize(MAX_HEAD_BYTES.min(start + 2048), 0);
+    let read = tokio::select! {
+        read = timeout_at(deadline, stream.read(&mut buffer[start..])) => read,
+        _ = shutdown.signalled() => Ok(Ok(0)),
+    };
+    match read {
+        Ok(Ok(n)) if n > 0 => {
+            buffer.truncate(start + n);
+            Ok(())
+        }
+        Ok(_) => Err(HeadError::Closed),
+        // A connection idle between requests just closes; a half-sent head gets 408.
+        Err(_) if start == 0 => Err(HeadError::Closed),
+        Err(_) => {
+            buffer.truncate(start);
+            Err(HeadError::Reject(
+                Status::RequestTimeout,
+                "request head not received in time",
+            ))
         }
     }
 }

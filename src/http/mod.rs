@@ -1,39 +1,67 @@
-//! The HTTP/1.1 front end: one request head at a time ([head]), routed to an answer
-//! ([route]): health, metrics, the page, or a checked WebSocket [upgrade]. Every write has
-//! a deadline, so a client that pipelines requests and never reads is cut off.
+//! The HTTP/1.1 front end: one request head at a time ([head]), from a [client] whose
+//! address may come from a trusted proxy, routed to an answer ([route]): health, metrics,
+//! the page, or a checked WebSocket [upgrade]. Every write has a deadline, so a client that
+//! pipelines requests and never reads is cut off.
 
+mod client;
 mod head;
 mod response;
 mod route;
 mod upgrade;
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::timeout;
+use tokio::time::{Instant, timeout};
 
 pub use head::{MAX_HEAD_BYTES, MAX_HEADERS};
 pub use response::{BUSY, Status};
-pub use route::Endpoints;
+pub use route::{Endpoints, Listener};
 pub use upgrade::{Origins, Target, Upgrade};
 
+use crate::limits::{AddressGuard, TooMany};
 use crate::shutdown::Shutdown;
-use head::{HeadError, read_head};
-use response::{error_response, head_of};
+use client::{Proxied, forwarded_for, proxy_header};
+use head::{HeadError, read_head, read_more};
+use response::{error_response, head_of, too_many_response};
 use route::{Answer, answer};
+
+/// The connection's client, as far as it is known when the connection is accepted.
+pub struct Client<'a> {
+    /// The peer, until a trusted proxy names the client.
+    pub address: IpAddr,
+    /// The peer is a trusted proxy: a PROXY header or `X-Forwarded-For` names the client.
+    pub behind_proxy: bool,
+    /// The connection counted against its address; filled here for proxied clients.
+    pub counted: &'a mut Option<AddressGuard>,
+}
 
 /// Serves plain requests on one connection until it closes, or returns the upgrade it asked for.
 pub async fn serve(
     stream: &mut TcpStream,
     endpoints: &Endpoints<'_>,
     shutdown: &mut Shutdown,
+    mut client: Client<'_>,
 ) -> Option<Upgrade> {
     let write_limit = endpoints.config.peer_timeout;
     let mut buffer = Vec::with_capacity(1024);
+    let mut first = true;
     loop {
-        let head_timeout = endpoints.config.head_timeout;
-        let head = match read_head(stream, &mut buffer, head_timeout, shutdown).await {
+        let deadline = Instant::now() + endpoints.config.head_timeout;
+        let head = if first && client.behind_proxy {
+            match strip_proxy_header(stream, &mut buffer, deadline, shutdown).await {
+                Ok(named) => {
+                    client.address = named.unwrap_or(client.address);
+                    read_head(stream, &mut buffer, deadline, shutdown).await
+                }
+                Err(error) => Err(error),
+            }
+        } else {
+            read_head(stream, &mut buffer, deadline, shutdown).await
+        };
+        let head = match head {
             Ok(head) => head,
             Err(HeadError::Closed) => return None,
             Err(HeadError::Reject(status, reason)) => {
@@ -41,7 +69,21 @@ pub async fn serve(
                 return None;
             }
         };
-        match answer(&head, endpoints) {
+        if first && client.behind_proxy {
+            if let Some(forwarded) = forwarded_for(&head, &endpoints.config.trusted_proxies) {
+                client.address = forwarded;
+            }
+            match endpoints.addresses.admit(client.address) {
+                Ok(guard) => *client.counted = Some(guard),
+                Err(too_many) => {
+                    endpoints.metrics.address_refused();
+                    refuse_too_many(stream, too_many, write_limit).await;
+                    return None;
+                }
+            }
+        }
+        first = false;
+        match answer(&head, endpoints, client.address) {
             Answer::Respond { bytes, keep_alive } => {
                 let written = timeout(write_limit, stream.write_all(&bytes)).await;
                 if !matches!(written, Ok(Ok(()))) || !keep_alive || shutdown.is_signalled() {
@@ -58,6 +100,11 @@ pub async fn serve(
                 send_and_close(stream, response, write_limit).await;
                 return None;
             }
+            Answer::TooMany(too_many) => {
+                endpoints.metrics.address_refused();
+                refuse_too_many(stream, too_many, write_limit).await;
+                return None;
+            }
             Answer::Upgrade(mut upgrade) => {
                 // Only the bytes past the head go on: the start of the first frames.
                 buffer.shrink_to_fit();
@@ -68,19 +115,54 @@ pub async fn serve(
     }
 }
 
+/// Takes a PROXY header off the start of a trusted peer's stream; the client it names.
+async fn strip_proxy_header(
+    stream: &mut TcpStream,
+    buffer: &mut Vec<u8>,
+    deadline: Instant,
+    shutdown: &mut Shutdown,
+) -> Result<Option<IpAddr>, HeadError> {
+    loop {
+        match proxy_header(buffer) {
+            Proxied::Partial => read_more(stream, buffer, deadline, shutdown).await?,
+            Proxied::Absent => return Ok(None),
+            Proxied::Header { client, length } => {
+                buffer.drain(..length);
+                return Ok(client);
+            }
+            Proxied::Invalid => {
+                return Err(HeadError::Reject(
+                    Status::BadRequest,
+                    "malformed PROXY header",
+                ));
+            }
+        }
+    }
+}
+
+/// Answers 429 for a client over a per-address limit, and closes.
+pub async fn refuse_too_many(stream: &mut TcpStream, too_many: TooMany, write_limit: Duration) {
+    let response = too_many_response(
+        too_many.retry_after,
+        "too many connections from your address",
+    );
+    send_and_close(stream, &response, write_limit).await;
+}
+
 /// How long a connection past the cap may take to say whether it is a health check.
 const AT_CAP_READ: Duration = Duration::from_secs(1);
 
 /// Answers a connection that came past the connection cap: a health check gets its answer,
 /// anything else 503 with `Retry-After` (and counts as refused).
-pub async fn answer_at_cap(stream: &mut TcpStream, endpoints: &Endpoints<'_>) {
+pub async fn answer_at_cap(stream: &mut TcpStream, endpoints: &Endpoints<'_>, peer: IpAddr) {
     let write_limit = endpoints.config.peer_timeout.min(AT_CAP_READ);
     let mut buffer = Vec::new();
     let (_no_shutdown, mut never) = crate::shutdown::channel();
-    let head = read_head(stream, &mut buffer, AT_CAP_READ, &mut never).await;
+    let deadline = Instant::now() + AT_CAP_READ;
+    let head = read_head(stream, &mut buffer, deadline, &mut never).await;
     if let Ok(head) = head
         && matches!(head.path.as_str(), "/healthz" | "/readyz")
-        && let Answer::Respond { bytes, .. } = answer(&head, endpoints)
+        && let Answer::Respond { bytes, .. } = answer(&head, endpoints, peer)
     {
         send_and_close(stream, &bytes, write_limit).await;
         return;

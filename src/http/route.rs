@@ -1,19 +1,34 @@
 //! Routing a request head to its answer; no I/O.
 
+use std::net::IpAddr;
+use std::sync::Arc;
+
 use super::head::Head;
-use super::response::{CHAT_PAGE, HEALTHZ, NOT_READY, READY, Status, head_of, ok_response};
+use super::response::{HEALTHZ, NOT_READY, READY, Status, head_of, ok_response, page_response};
 use super::upgrade::{Origins, Target, Upgrade};
 use crate::broker::Resume;
 use crate::config::Config;
 use crate::health::Health;
+use crate::limits::{AddressTable, TooMany};
 use crate::metrics::Metrics;
 use crate::protocol;
+
+/// Which listener a request came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// The chat address: everything, and `/metrics` unless it has its own address.
+    Public,
+    /// `ROOMCAST_METRICS_ADDR`: `/metrics` and the health checks only.
+    Metrics,
+}
 
 /// What the front end reads its answers from.
 pub struct Endpoints<'a> {
     pub config: &'a Config,
     pub health: &'a Health,
     pub metrics: &'a Metrics,
+    pub addresses: &'a Arc<AddressTable>,
+    pub listener: Listener,
 }
 
 pub enum Answer {
@@ -23,10 +38,12 @@ pub enum Answer {
         keep_alive: bool,
     },
     Reject(Status, &'static str),
+    /// Over a per-address limit.
+    TooMany(TooMany),
     Upgrade(Upgrade),
 }
 
-pub fn answer(head: &Head, endpoints: &Endpoints<'_>) -> Answer {
+pub fn answer(head: &Head, endpoints: &Endpoints<'_>, client: IpAddr) -> Answer {
     let head_only = match head.method.as_str() {
         "GET" => false,
         "HEAD" => true,
@@ -48,26 +65,33 @@ pub fn answer(head: &Head, endpoints: &Endpoints<'_>) -> Answer {
         }
     };
     let page = || Answer::Respond {
-        bytes: ok_response("text/html; charset=utf-8", CHAT_PAGE, head_only),
+        bytes: page_response(head_only),
         keep_alive,
+    };
+    let metrics_here = match endpoints.listener {
+        Listener::Metrics => true,
+        Listener::Public => endpoints.config.metrics_addr.is_none(),
     };
     match head.path.as_str() {
         "/healthz" => fixed(HEALTHZ),
         "/readyz" if endpoints.health.is_ready() => fixed(READY),
         "/readyz" => fixed(NOT_READY),
-        "/metrics" => {
+        "/metrics" if metrics_here => {
             let text = endpoints.metrics.render(endpoints.health);
             Answer::Respond {
                 bytes: ok_response("text/plain; version=0.0.4", text.as_bytes(), head_only),
                 keep_alive,
             }
         }
+        _ if endpoints.listener == Listener::Metrics => {
+            Answer::Reject(Status::NotFound, "only /metrics, /healthz and /readyz here")
+        }
         "/" => page(),
-        "/ws/echo" if endpoints.config.echo => upgrade(head, endpoints, Target::Echo),
+        "/ws/echo" if endpoints.config.echo => upgrade(head, endpoints, Target::Echo, client),
         path if room_in(path, "/chat/").is_some() => page(),
         path => match room_in(path, "/ws/chat/") {
             Some(room) => match chat_target(room, &head.query) {
-                Ok(target) => upgrade(head, endpoints, target),
+                Ok(target) => upgrade(head, endpoints, target, client),
                 Err(reason) => Answer::Reject(Status::BadRequest, reason),
             },
             None => Answer::Reject(Status::NotFound, "no such page"),
@@ -75,15 +99,19 @@ pub fn answer(head: &Head, endpoints: &Endpoints<'_>) -> Answer {
     }
 }
 
-fn upgrade(head: &Head, endpoints: &Endpoints<'_>, target: Target) -> Answer {
+fn upgrade(head: &Head, endpoints: &Endpoints<'_>, target: Target, client: IpAddr) -> Answer {
     let origins = if endpoints.config.allowed_origins.iter().any(|o| o == "*") {
         Origins::Any
     } else {
         Origins::SameAnd(endpoints.config.allowed_origins.clone())
     };
-    match Upgrade::check(head, target, &origins) {
-        Ok(upgrade) => Answer::Upgrade(upgrade),
-        Err((status, reason)) => Answer::Reject(status, reason),
+    let upgrade = match Upgrade::check(head, target, &origins) {
+        Ok(upgrade) => upgrade,
+        Err((status, reason)) => return Answer::Reject(status, reason),
+    };
+    match endpoints.addresses.upgrade(client) {
+        Ok(()) => Answer::Upgrade(upgrade),
+        Err(too_many) => Answer::TooMany(too_many),
     }
 }
 
@@ -144,12 +172,19 @@ mod tests {
     fn route(request: &str, config: &Config) -> Answer {
         let health = Health::default();
         let metrics = Metrics::default();
+        let addresses = Arc::new(AddressTable::new(
+            10,
+            crate::limits::RateLimit::new(10, 10),
+            100,
+        ));
         let endpoints = Endpoints {
             config,
             health: &health,
             metrics: &metrics,
+            addresses: &addresses,
+            listener: Listener::Public,
         };
-        answer(&head_for(request), &endpoints)
+        answer(&head_for(request), &endpoints, "192.0.2.1".parse().unwrap())
     }
 
     const UPGRADE: &str = "Host: t\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\

@@ -12,6 +12,7 @@ use super::outbound::{CLOSE_WAIT, Socket, feed_text, flush, send_close, within};
 use super::{Ending, ending_for};
 use crate::broker::{Delivery, Membership, Page, Replay, Unavailable};
 use crate::config::LogLevel;
+use crate::limits::RateState;
 use crate::log;
 use crate::protocol::{self, CLOSE_SLOW_READER, ChatParts, ResetReason};
 use crate::shared::Shared;
@@ -29,6 +30,10 @@ pub(super) struct ChatSession<'a> {
     clock: PeerClock,
     /// While replaying: the seq after which the next page starts.
     replay: Option<Cursor>,
+    /// This connection under the publish rate.
+    rate: RateState,
+    /// Messages refused over the rate since the last one accepted.
+    refused_in_a_row: u32,
 }
 
 struct Cursor {
@@ -69,6 +74,8 @@ impl<'a> ChatSession<'a> {
             shared,
             clock,
             replay: None,
+            rate: shared.publish_rate.start(),
+            refused_in_a_row: 0,
         }
     }
 
@@ -180,6 +187,12 @@ impl<'a> ChatSession<'a> {
             Some(Ok(message)) => message,
             Some(Err(error)) => return Some(ending_for(error, &self.shared.metrics)),
         };
+        if matches!(message, Message::Text(_) | Message::Ping(_))
+            && let Err(retry_after) = self.shared.publish_rate.check(&mut self.rate)
+        {
+            return self.over_rate(retry_after).await;
+        }
+        self.refused_in_a_row = 0;
         match message {
             Message::Text(text) => self.on_text(text.as_str()).await,
             Message::Binary(_) => {
@@ -218,6 +231,19 @@ impl<'a> ChatSession<'a> {
             }
         };
         self.send_now(error).await
+    }
+
+    /// Over the publish rate: the message is dropped. A plain client is closed (1008); an
+    /// extended one is told when to retry, and closed if it keeps going regardless.
+    async fn over_rate(&mut self, retry_after: std::time::Duration) -> Option<Ending> {
+        self.shared.metrics.rate_limited();
+        self.refused_in_a_row += 1;
+        if !self.extended || self.refused_in_a_row > self.shared.config.burst {
+            return Some(Ending::Close(CloseCode::Policy, "rate limit exceeded"));
+        }
+        let retry_after_ms = retry_after.as_millis().max(1) as u64;
+        let frame = protocol::rate_limited_frame(retry_after_ms);
+        self.send_now(frame).await
     }
 
     /// A message of this client's was not published: an error frame, or close 1013.

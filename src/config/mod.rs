@@ -1,8 +1,14 @@
 //! Configuration: every `ROOMCAST_*` variable, parsed once before the runtime starts.
 
+mod cidr;
+mod source;
+
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
+
+pub use cidr::{Cidr, canonical};
+use source::{Source, bad_redis_url};
 
 pub const ENV_ADDR: &str = "ROOMCAST_ADDR";
 pub const ENV_REDIS_URL: &str = "ROOMCAST_REDIS_URL";
@@ -28,6 +34,13 @@ pub const ENV_PUBLISH_QUEUE: &str = "ROOMCAST_PUBLISH_QUEUE";
 pub const ENV_ALLOWED_ORIGINS: &str = "ROOMCAST_ALLOWED_ORIGINS";
 pub const ENV_LOG: &str = "ROOMCAST_LOG";
 pub const ENV_ECHO: &str = "ROOMCAST_ECHO";
+pub const ENV_RATE: &str = "ROOMCAST_RATE";
+pub const ENV_BURST: &str = "ROOMCAST_BURST";
+pub const ENV_MAX_CONNECTIONS_PER_IP: &str = "ROOMCAST_MAX_CONNECTIONS_PER_IP";
+pub const ENV_UPGRADE_RATE: &str = "ROOMCAST_UPGRADE_RATE";
+pub const ENV_UPGRADE_BURST: &str = "ROOMCAST_UPGRADE_BURST";
+pub const ENV_TRUSTED_PROXIES: &str = "ROOMCAST_TRUSTED_PROXIES";
+pub const ENV_METRICS_ADDR: &str = "ROOMCAST_METRICS_ADDR";
 
 /// What a chat frame adds to its message at most: seq, timestamp and the sender's identity.
 pub const FRAME_OVERHEAD: usize = 1024;
@@ -72,8 +85,21 @@ pub struct Config {
     pub inbound_budget_bytes: usize,
     pub room_ttl: Duration,
     pub publish_queue: usize,
-    /// Empty means any origin may open a WebSocket.
+    /// Origins allowed besides the server's own; `*` allows any.
     pub allowed_origins: Vec<String>,
+    /// Chat messages a connection may publish per second...
+    pub rate: u32,
+    /// ...and at once.
+    pub burst: u32,
+    pub max_connections_per_ip: usize,
+    /// WebSocket upgrades an address may make per second...
+    pub upgrade_rate: u32,
+    /// ...and at once.
+    pub upgrade_burst: u32,
+    /// Peers whose PROXY header or `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Serve `/metrics` here instead of on the public address.
+    pub metrics_addr: Option<SocketAddr>,
     pub log_level: LogLevel,
     pub echo: bool,
 }
@@ -101,6 +127,13 @@ impl Default for Config {
             room_ttl: Duration::from_secs(24 * 3600),
             publish_queue: 1024,
             allowed_origins: Vec::new(),
+            rate: 5,
+            burst: 20,
+            max_connections_per_ip: 256,
+            upgrade_rate: 20,
+            upgrade_burst: 60,
+            trusted_proxies: Vec::new(),
+            metrics_addr: None,
             log_level: LogLevel::Info,
             echo: false,
         }
@@ -207,6 +240,36 @@ impl Config {
                     .map(String::from)
                     .collect())
             })?,
+            rate: source.number(ENV_RATE, defaults.rate as usize, 1..=1_000_000)? as u32,
+            burst: source.number(ENV_BURST, defaults.burst as usize, 1..=1_000_000)? as u32,
+            max_connections_per_ip: source.number(
+                ENV_MAX_CONNECTIONS_PER_IP,
+                defaults.max_connections_per_ip,
+                1..=1_000_000,
+            )?,
+            upgrade_rate: source.number(
+                ENV_UPGRADE_RATE,
+                defaults.upgrade_rate as usize,
+                1..=1_000_000,
+            )? as u32,
+            upgrade_burst: source.number(
+                ENV_UPGRADE_BURST,
+                defaults.upgrade_burst as usize,
+                1..=1_000_000,
+            )? as u32,
+            trusted_proxies: source.parse(ENV_TRUSTED_PROXIES, Vec::new(), |v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|cidr| !cidr.is_empty())
+                    .map(|cidr| cidr.parse::<Cidr>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|_| "expected CIDRs like 10.0.0.0/8, 127.0.0.1, fd00::/8".into())
+            })?,
+            metrics_addr: source.parse(ENV_METRICS_ADDR, None, |v| {
+                v.parse()
+                    .map(Some)
+                    .map_err(|_| "expected HOST:PORT, e.g. 127.0.0.1:9000".into())
+            })?,
             log_level: source.parse(ENV_LOG, defaults.log_level, |v| match v {
                 "error" => Ok(LogLevel::Error),
                 "warn" => Ok(LogLevel::Warn),
@@ -237,73 +300,6 @@ impl Config {
             });
         }
         Ok(config)
-    }
-}
-
-/// Names whichever Redis URL variable was set, without echoing the URL: it may hold a password.
-fn bad_redis_url(source: &Source<'_>) -> ConfigError {
-    let variable = if source.get(ENV_REDIS_URL).is_some() {
-        ENV_REDIS_URL
-    } else {
-        ENV_REDIS_URL_FALLBACK
-    };
-    ConfigError {
-        variable,
-        reason: "expected a URL like redis://host:6379/0".into(),
-    }
-}
-
-struct Source<'a> {
-    lookup: &'a dyn Fn(&str) -> Option<String>,
-}
-
-impl Source<'_> {
-    /// A set but empty variable counts as unset, as compose writes `VAR=` for blanks.
-    fn get(&self, name: &str) -> Option<String> {
-        (self.lookup)(name).filter(|value| !value.trim().is_empty())
-    }
-
-    fn parse<T>(
-        &self,
-        name: &'static str,
-        default: T,
-        parse: impl Fn(&str) -> Result<T, String>,
-    ) -> Result<T, ConfigError> {
-        match self.get(name) {
-            None => Ok(default),
-            Some(value) => parse(value.trim()).map_err(|reason| ConfigError {
-                variable: name,
-                reason: format!("{reason} (got {value:?})"),
-            }),
-        }
-    }
-
-    fn number(
-        &self,
-        name: &'static str,
-        default: usize,
-        range: std::ops::RangeInclusive<usize>,
-    ) -> Result<usize, ConfigError> {
-        self.parse(name, default, |v| match v.parse::<usize>() {
-            Ok(n) if range.contains(&n) => Ok(n),
-            _ => Err(format!(
-                "expected a whole number from {} to {}",
-                range.start(),
-                range.end()
-            )),
-        })
-    }
-
-    fn millis(
-        &self,
-        name: &'static str,
-        default: Duration,
-        min: u64,
-    ) -> Result<Duration, ConfigError> {
-        self.parse(name, default, |v| match v.parse::<u64>() {
-            Ok(ms) if ms >= min && ms <= 86_400_000 => Ok(Duration::from_millis(ms)),
-            _ => Err(format!("expected milliseconds from {min} to 86400000")),
-        })
     }
 }
 
@@ -383,6 +379,14 @@ mod tests {
             assert_eq!(error.variable, name, "{value}");
             assert!(error.to_string().starts_with(name));
         }
+    }
+
+    #[test]
+    fn trusted_proxies_are_ranges() {
+        let config = config_from(&[(ENV_TRUSTED_PROXIES, "10.0.0.0/8, ::1")]).unwrap();
+        assert_eq!(config.trusted_proxies.len(), 2);
+        let error = config_from(&[(ENV_TRUSTED_PROXIES, "10.0.0.0/8, bad")]).unwrap_err();
+        assert_eq!(error.variable, ENV_TRUSTED_PROXIES);
     }
 
     #[test]

@@ -1,0 +1,72 @@
+//! Reading variables: unset or empty means the default; a bad value names its variable.
+
+use std::time::Duration;
+
+use super::{ConfigError, ENV_REDIS_URL, ENV_REDIS_URL_FALLBACK};
+
+/// Names whichever Redis URL variable was set, without echoing the URL: it may hold a password.
+pub(super) fn bad_redis_url(source: &Source<'_>) -> ConfigError {
+    let variable = if source.get(ENV_REDIS_URL).is_some() {
+        ENV_REDIS_URL
+    } else {
+        ENV_REDIS_URL_FALLBACK
+    };
+    ConfigError {
+        variable,
+        reason: "expected a URL like redis://host:6379/0".into(),
+    }
+}
+
+pub(super) struct Source<'a> {
+    pub(super) lookup: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Source<'_> {
+    /// A set but empty variable counts as unset, as compose writes `VAR=` for blanks.
+    pub(super) fn get(&self, name: &str) -> Option<String> {
+        (self.lookup)(name).filter(|value| !value.trim().is_empty())
+    }
+
+    pub(super) fn parse<T>(
+        &self,
+        name: &'static str,
+        default: T,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(value) => parse(value.trim()).map_err(|reason| ConfigError {
+                variable: name,
+                reason: format!("{reason} (got {value:?})"),
+            }),
+        }
+    }
+
+    pub(super) fn number(
+        &self,
+        name: &'static str,
+        default: usize,
+        range: std::ops::RangeInclusive<usize>,
+    ) -> Result<usize, ConfigError> {
+        self.parse(name, default, |v| match v.parse::<usize>() {
+            Ok(n) if range.contains(&n) => Ok(n),
+            _ => Err(format!(
+                "expected a whole number from {} to {}",
+                range.start(),
+                range.end()
+            )),
+        })
+    }
+
+    pub(super) fn millis(
+        &self,
+        name: &'static str,
+        default: Duration,
+        min: u64,
+    ) -> Result<Duration, ConfigError> {
+        self.parse(name, default, |v| match v.parse::<u64>() {
+            Ok(ms) if ms >= min && ms <= 86_400_000 => Ok(Duration::from_millis(ms)),
+            _ => Err(format!("expected milliseconds from {min} to 86400000")),
+        })
+    }
+}
