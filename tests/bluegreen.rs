@@ -71,6 +71,11 @@ async fn swap_under_traffic(haproxy: &Path) {
                 "ROOMCAST_DRAIN_DEADLINE_MS".to_string(),
                 DRAIN_DEADLINE_MS.to_string(),
             ),
+            // HAProxy on loopback names each client in a PROXY header.
+            (
+                "ROOMCAST_TRUSTED_PROXIES".to_string(),
+                "127.0.0.1".to_string(),
+            ),
         ]
     };
     let start = |port: u16| {
@@ -267,13 +272,15 @@ defaults
     timeout tunnel 1h
 frontend chat
     bind 127.0.0.1:{front}
+    option forwardfor
+    http-request deny deny_status 404 if {{ path_beg /metrics }}
     default_backend roomcast
 backend roomcast
     balance leastconn
     option httpchk
     http-check send meth GET uri /readyz ver HTTP/1.1 hdr Host roomcast
     http-check expect status 200
-    default-server check inter 200ms fastinter 100ms downinter 200ms fall 2 rise 2
+    default-server check inter 200ms fastinter 100ms downinter 200ms fall 2 rise 2 send-proxy-v2 check-send-proxy
     server blue 127.0.0.1:{blue}
     server green 127.0.0.1:{green}
 frontend stats
