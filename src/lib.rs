@@ -7,6 +7,7 @@
 //! [`metrics`] and [`log`] report; [`probe`] is the health client the container runs.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod health;

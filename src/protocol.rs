@@ -10,6 +10,9 @@ pub const EXTENDED_SUBPROTOCOL: &str = "roomcast.v1";
 /// Close code for a reader whose bounded send queue overflowed; it may resume with `since`.
 pub const CLOSE_SLOW_READER: u16 = 4008;
 
+/// Close code for a connection whose token expired without a refresh.
+pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
+
 /// The Channels group-name rule: 1–100 of `A-Z a-z 0-9 - _ .`.
 pub fn is_valid_room(name: &str) -> bool {
     (1..=100).contains(&name.len())
@@ -23,13 +26,15 @@ pub fn is_valid_room(name: &str) -> bool {
 pub enum InboundError {
     InvalidJson,
     MissingMessage,
+    /// An extended client sent a `type` the server does not take, or a refresh without a token.
+    BadRequest,
 }
 
 impl InboundError {
     pub fn code(self) -> &'static str {
         match self {
             InboundError::InvalidJson => "invalid_json",
-            InboundError::MissingMessage => "bad_message",
+            InboundError::MissingMessage | InboundError::BadRequest => "bad_message",
         }
     }
 
@@ -37,7 +42,41 @@ impl InboundError {
         match self {
             InboundError::InvalidJson => "frame is not valid JSON",
             InboundError::MissingMessage => "expected {\"message\": \"<string>\"}",
+            InboundError::BadRequest => {
+                "expected a chat message or {\"type\": \"refresh\", \"token\": \"<jwt>\"}"
+            }
         }
+    }
+}
+
+/// What a client sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inbound {
+    Chat(String),
+    /// A fresh token, before the current one expires (extended protocol).
+    Refresh(String),
+}
+
+/// Reads a frame from a client. Only extended clients send frames with a `type`; for plain
+/// ones every frame is a chat message and extra keys are ignored, as in Channels.
+pub fn parse_inbound(text: &str, extended: bool) -> Result<Inbound, InboundError> {
+    if !extended {
+        return parse_chat(text).map(Inbound::Chat);
+    }
+    let value: Value = serde_json::from_str(text).map_err(|_| InboundError::InvalidJson)?;
+    let Value::Object(mut fields) = value else {
+        return Err(InboundError::MissingMessage);
+    };
+    match fields.remove("type") {
+        None => match fields.remove("message") {
+            Some(Value::String(message)) => Ok(Inbound::Chat(message)),
+            _ => Err(InboundError::MissingMessage),
+        },
+        Some(Value::String(kind)) if kind == "refresh" => match fields.remove("token") {
+            Some(Value::String(token)) => Ok(Inbound::Refresh(token)),
+            _ => Err(InboundError::BadRequest),
+        },
+        Some(_) => Err(InboundError::BadRequest),
     }
 }
 
@@ -257,6 +296,32 @@ mod tests {
             push_json_string(&mut ours, text);
             assert_eq!(ours, serde_json::to_string(text).unwrap(), "{text:?}");
         }
+    }
+
+    #[test]
+    fn extended_clients_may_send_a_refresh() {
+        let refresh = r#"{"type":"refresh","token":"t.o.k"}"#;
+        assert_eq!(
+            parse_inbound(refresh, true),
+            Ok(Inbound::Refresh("t.o.k".into()))
+        );
+        assert_eq!(
+            parse_inbound(r#"{"message":"hi","type":"refresh"}"#, false),
+            Ok(Inbound::Chat("hi".into())),
+            "plain clients only chat"
+        );
+        assert_eq!(
+            parse_inbound(r#"{"type":"refresh"}"#, true),
+            Err(InboundError::BadRequest)
+        );
+        assert_eq!(
+            parse_inbound(r#"{"type":"join"}"#, true),
+            Err(InboundError::BadRequest)
+        );
+        assert_eq!(
+            parse_inbound(r#"{"message":"x"}"#, true),
+            Ok(Inbound::Chat("x".into()))
+        );
     }
 
     #[test]

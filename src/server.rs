@@ -200,6 +200,8 @@ fn endpoints(shared: &Shared, listener: Listener) -> Endpoints<'_> {
         health: &shared.health,
         metrics: &shared.metrics,
         addresses: &shared.addresses,
+        auth: &shared.auth,
+        broker: &shared.broker,
         listener,
     }
 }

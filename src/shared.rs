@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::auth::Authenticator;
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::health::Health;
@@ -20,6 +21,7 @@ pub struct Shared {
     pub addresses: Arc<AddressTable>,
     /// How fast one connection may publish.
     pub publish_rate: RateLimit,
+    pub auth: Authenticator,
 }
 
 impl Shared {
@@ -36,6 +38,11 @@ impl Shared {
             config.max_connections,
         ));
         let publish_rate = RateLimit::new(config.rate, config.burst);
+        let auth = Authenticator::new(
+            config.auth,
+            config.auth_secrets.clone(),
+            config.auth_audience.clone(),
+        );
         Shared {
             config,
             health,
@@ -44,6 +51,7 @@ impl Shared {
             inbound,
             addresses,
             publish_rate,
+            auth,
         }
     }
 }

@@ -8,8 +8,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::feed::{self, FeedSender, Overflow};
 use super::history::{self, History, HistoryBudget, HistoryLimits};
 use super::ledger::FrameLedger;
+use super::recent::RecentPublishes;
 use super::{
-    Delivery, MemberHandle, Membership, PAGE_BYTES, PAGE_FRAMES, Page, Resume, plan_replay,
+    Accepted, Delivery, MemberHandle, Membership, PAGE_BYTES, PAGE_FRAMES, Page, Resume,
+    plan_replay,
 };
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -32,6 +34,8 @@ pub struct LocalBroker {
     /// Makes epochs unique across restarts, so a resume after one is told to reset.
     epoch_prefix: u64,
     rooms_created: AtomicU64,
+    /// API publishes by idempotency key, for their retries.
+    recent: Mutex<RecentPublishes>,
 }
 
 struct Room {
@@ -81,6 +85,7 @@ impl LocalBroker {
             metrics,
             epoch_prefix: now.as_micros() as u64,
             rooms_created: AtomicU64::new(0),
+            recent: Mutex::new(RecentPublishes::default()),
         })
     }
 
@@ -88,9 +93,12 @@ impl LocalBroker {
         self.rooms.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn join(self: &Arc<Self>, room_name: &str, resume: Option<Resume>) -> Membership {
-        let (sender, feed) = feed::channel(self.send_queue, self.send_queue_bytes);
-        let mut rooms = self.rooms();
+    /// The room, created if it does not exist.
+    fn room(&self, room_name: &str) -> Arc<Room> {
+        self.room_in(&mut self.rooms(), room_name)
+    }
+
+    fn room_in(&self, rooms: &mut HashMap<String, Arc<Room>>, room_name: &str) -> Arc<Room> {
         let room = rooms
             .entry(room_name.to_string())
             .or_insert_with(|| {
@@ -108,6 +116,14 @@ impl LocalBroker {
             })
             .clone();
         self.metrics.rooms_now(rooms.len());
+        room
+    }
+
+    pub fn join(self: &Arc<Self>, room_name: &str, resume: Option<Resume>) -> Membership {
+        let (sender, feed) = feed::channel(self.send_queue, self.send_queue_bytes);
+        // The map stays locked until the room is: its last member cannot free it in between.
+        let mut rooms = self.rooms();
+        let room = self.room_in(&mut rooms, room_name);
         let mut state = room.lock();
         drop(rooms);
         let id = state.next_member_id;
@@ -213,10 +229,51 @@ impl LocalBroker {
 }
 
 impl Member {
-    /// Assigns the next seq, encodes the frame once and queues it to every member.
     pub fn publish(&self, chat: &ChatParts) {
-        let broker = &self.broker;
-        let mut state = self.room.lock();
+        self.broker.publish_in(&self.room, chat);
+    }
+
+    /// Frames after `after` up to `until`, shared with the history, a page at a time.
+    pub fn replay_page(&self, after: u64, until: u64) -> Page {
+        let state = self.room.lock();
+        state.history.page(after, until, PAGE_FRAMES, PAGE_BYTES)
+    }
+}
+
+impl LocalBroker {
+    /// Publishes for the API, without a membership. A room nobody is in keeps nothing (it is
+    /// freed with its last member), so the message reaches no one, but it gets a seq; the
+    /// same idempotency key gets the same answer.
+    pub fn publish(
+        self: &Arc<Self>,
+        room_name: &str,
+        chat: &ChatParts,
+        idempotency: &str,
+    ) -> Accepted {
+        let remember = !idempotency.is_empty();
+        if remember
+            && let Some(done) = self
+                .recent
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(room_name, idempotency)
+        {
+            return done;
+        }
+        let room = self.room(room_name);
+        let accepted = self.publish_in(&room, chat);
+        self.leave(&room, u64::MAX);
+        if remember {
+            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            recent.insert(room_name, idempotency, accepted.clone());
+        }
+        accepted
+    }
+
+    /// Assigns the next seq, encodes the frame once and queues it to every member.
+    fn publish_in(&self, room: &Arc<Room>, chat: &ChatParts) -> Accepted {
+        let broker = self;
+        let mut state = room.lock();
         state.seq += 1;
         let seq = state.seq;
         let frame = broker.frames.frame(chat.with_seq(seq));
@@ -251,12 +308,10 @@ impl Member {
         if broker.backlog_bytes() > broker.max_backlog_bytes {
             broker.cut_largest_backlogs();
         }
-    }
-
-    /// Frames after `after` up to `until`, shared with the history, a page at a time.
-    pub fn replay_page(&self, after: u64, until: u64) -> Page {
-        let state = self.room.lock();
-        state.history.page(after, until, PAGE_FRAMES, PAGE_BYTES)
+        Accepted {
+            seq,
+            epoch: room.epoch.clone(),
+        }
     }
 }
 

@@ -8,6 +8,7 @@ pub mod feed;
 pub mod history;
 pub mod ledger;
 pub mod local;
+pub mod recent;
 pub mod redis;
 
 use std::fmt;
@@ -85,6 +86,13 @@ pub struct Membership {
 enum MemberHandle {
     Local(local::Member),
     Redis(redis::Member),
+}
+
+/// A message the room took: its seq in the room's epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub seq: u64,
+    pub epoch: String,
 }
 
 /// The broker is away (and, for a publish, its bounded queue of held publishes is full):
@@ -172,6 +180,27 @@ impl Broker {
         match self {
             Broker::Local(broker) => Ok(broker.join(room, resume)),
             Broker::Redis(broker) => broker.join(room, resume).await,
+        }
+    }
+
+    /// Publishes without a membership (the publish API) and answers with the seq. An
+    /// idempotency key makes a retried request publish once (empty: none).
+    pub async fn publish(
+        &self,
+        room: &str,
+        chat: ChatParts,
+        idempotency: &str,
+    ) -> Result<Accepted, Unavailable> {
+        match self {
+            Broker::Local(broker) => Ok(broker.publish(room, &chat, idempotency)),
+            Broker::Redis(broker) => {
+                let key = if idempotency.is_empty() {
+                    broker.fresh_key()
+                } else {
+                    idempotency.to_string()
+                };
+                broker.publish(room, chat, key).await
+            }
         }
     }
 

@@ -8,6 +8,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use cidr::{Cidr, canonical};
+
+use crate::auth::{Mode, Secret};
 use source::{Source, bad_redis_url};
 
 pub const ENV_ADDR: &str = "ROOMCAST_ADDR";
@@ -41,6 +43,16 @@ pub const ENV_UPGRADE_RATE: &str = "ROOMCAST_UPGRADE_RATE";
 pub const ENV_UPGRADE_BURST: &str = "ROOMCAST_UPGRADE_BURST";
 pub const ENV_TRUSTED_PROXIES: &str = "ROOMCAST_TRUSTED_PROXIES";
 pub const ENV_METRICS_ADDR: &str = "ROOMCAST_METRICS_ADDR";
+pub const ENV_AUTH: &str = "ROOMCAST_AUTH";
+pub const ENV_AUTH_SECRET: &str = "ROOMCAST_AUTH_SECRET";
+pub const ENV_AUTH_PREVIOUS_SECRET: &str = "ROOMCAST_AUTH_PREVIOUS_SECRET";
+pub const ENV_AUTH_AUDIENCE: &str = "ROOMCAST_AUTH_AUDIENCE";
+pub const ENV_AUTH_COOKIE: &str = "ROOMCAST_AUTH_COOKIE";
+pub const ENV_TOKEN_URL: &str = "ROOMCAST_TOKEN_URL";
+pub const ENV_API_KEY: &str = "ROOMCAST_API_KEY";
+
+/// A secret shorter than this is refused: HS256 wants at least its hash size.
+pub const MIN_SECRET_BYTES: usize = 32;
 
 /// What a chat frame adds to its message at most: seq, timestamp and the sender's identity.
 pub const FRAME_OVERHEAD: usize = 1024;
@@ -100,6 +112,16 @@ pub struct Config {
     pub trusted_proxies: Vec<Cidr>,
     /// Serve `/metrics` here instead of on the public address.
     pub metrics_addr: Option<SocketAddr>,
+    pub auth: Mode,
+    /// The signing secret, then the previous one during a rotation.
+    pub auth_secrets: Vec<Secret>,
+    pub auth_audience: String,
+    /// The cookie a token may come in.
+    pub auth_cookie: String,
+    /// Where the page fetches a token for its user (with credentials).
+    pub token_url: Option<String>,
+    /// The bearer key of the publish and presence APIs; unset turns them off.
+    pub api_key: Option<Secret>,
     pub log_level: LogLevel,
     pub echo: bool,
 }
@@ -134,6 +156,12 @@ impl Default for Config {
             upgrade_burst: 60,
             trusted_proxies: Vec::new(),
             metrics_addr: None,
+            auth: Mode::Off,
+            auth_secrets: Vec::new(),
+            auth_audience: "roomcast".into(),
+            auth_cookie: "roomcast_token".into(),
+            token_url: None,
+            api_key: None,
             log_level: LogLevel::Info,
             echo: false,
         }
@@ -270,6 +298,38 @@ impl Config {
                     .map(Some)
                     .map_err(|_| "expected HOST:PORT, e.g. 127.0.0.1:9000".into())
             })?,
+            auth: source.parse(ENV_AUTH, defaults.auth, |v| match v {
+                "off" => Ok(Mode::Off),
+                "optional" => Ok(Mode::Optional),
+                "required" => Ok(Mode::Required),
+                _ => Err("expected off, optional or required".into()),
+            })?,
+            auth_secrets: [ENV_AUTH_SECRET, ENV_AUTH_PREVIOUS_SECRET]
+                .into_iter()
+                .map(|name| source.secret(name))
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter()
+                .flatten()
+                .collect(),
+            auth_audience: source
+                .parse(ENV_AUTH_AUDIENCE, defaults.auth_audience, |v| Ok(v.into()))?,
+            auth_cookie: source.parse(ENV_AUTH_COOKIE, defaults.auth_cookie, |v| {
+                if v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                {
+                    Ok(v.into())
+                } else {
+                    Err("expected a cookie name of A-Z a-z 0-9 - _ .".into())
+                }
+            })?,
+            token_url: source.parse(ENV_TOKEN_URL, None, |v| {
+                if v.starts_with('/') || v.starts_with("https://") || v.starts_with("http://") {
+                    Ok(Some(v.into()))
+                } else {
+                    Err("expected a path (/auth/token) or an http(s) URL".into())
+                }
+            })?,
+            api_key: source.secret(ENV_API_KEY)?,
             log_level: source.parse(ENV_LOG, defaults.log_level, |v| match v {
                 "error" => Ok(LogLevel::Error),
                 "warn" => Ok(LogLevel::Warn),
@@ -291,6 +351,18 @@ impl Config {
                     "must be at least {ENV_MAX_MESSAGE_BYTES} + {FRAME_OVERHEAD} ({})",
                     config.max_message_bytes + FRAME_OVERHEAD
                 ),
+            });
+        }
+        if config.auth != Mode::Off && config.auth_secrets.is_empty() {
+            return Err(ConfigError {
+                variable: ENV_AUTH_SECRET,
+                reason: format!("required when {ENV_AUTH} is optional or required"),
+            });
+        }
+        if source.get(ENV_AUTH_SECRET).is_none() && source.get(ENV_AUTH_PREVIOUS_SECRET).is_some() {
+            return Err(ConfigError {
+                variable: ENV_AUTH_SECRET,
+                reason: format!("required when {ENV_AUTH_PREVIOUS_SECRET} is set"),
             });
         }
         if config.peer_timeout <= config.heartbeat {
@@ -379,6 +451,22 @@ mod tests {
             assert_eq!(error.variable, name, "{value}");
             assert!(error.to_string().starts_with(name));
         }
+    }
+
+    #[test]
+    fn secrets_are_checked_and_never_echoed() {
+        let short =
+            config_from(&[(ENV_AUTH, "required"), (ENV_AUTH_SECRET, "hunter2")]).unwrap_err();
+        assert_eq!(short.variable, ENV_AUTH_SECRET);
+        assert!(!short.to_string().contains("hunter2"), "{short}");
+        let missing = config_from(&[(ENV_AUTH, "optional")]).unwrap_err();
+        assert_eq!(missing.variable, ENV_AUTH_SECRET);
+        let secret = "s".repeat(MIN_SECRET_BYTES);
+        let config = config_from(&[(ENV_AUTH, "required"), (ENV_AUTH_SECRET, &secret)]).unwrap();
+        assert_eq!(config.auth_secrets.len(), 1);
+        assert!(!format!("{config:?}").contains(&secret));
+        let key = config_from(&[(ENV_API_KEY, "short")]).unwrap_err();
+        assert!(!key.to_string().contains("short"));
     }
 
     #[test]

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use super::{ConfigError, ENV_REDIS_URL, ENV_REDIS_URL_FALLBACK};
+use super::{ConfigError, ENV_REDIS_URL, ENV_REDIS_URL_FALLBACK, MIN_SECRET_BYTES};
+use crate::auth::Secret;
 
 /// Names whichever Redis URL variable was set, without echoing the URL: it may hold a password.
 pub(super) fn bad_redis_url(source: &Source<'_>) -> ConfigError {
@@ -68,5 +69,19 @@ impl Source<'_> {
             Ok(ms) if ms >= min && ms <= 86_400_000 => Ok(Duration::from_millis(ms)),
             _ => Err(format!("expected milliseconds from {min} to 86400000")),
         })
+    }
+
+    /// A secret: checked for length, and never repeated in the error.
+    pub(super) fn secret(&self, name: &'static str) -> Result<Option<Secret>, ConfigError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(value) if value.len() >= MIN_SECRET_BYTES => Ok(Some(Secret(value.into_bytes()))),
+            Some(_) => Err(ConfigError {
+                variable: name,
+                reason: format!(
+                    "must be at least {MIN_SECRET_BYTES} bytes (the value is not shown)"
+                ),
+            }),
+        }
     }
 }

@@ -46,10 +46,19 @@ impl Head {
 
     /// The comma-separated entries of every `name` header, trimmed.
     pub fn tokens<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> {
+        self.tokens_by(name, ',')
+    }
+
+    /// The entries of every `name` header split at `separator`, trimmed.
+    pub fn tokens_by<'a>(
+        &'a self,
+        name: &'a str,
+        separator: char,
+    ) -> impl Iterator<Item = &'a str> {
         self.headers
             .iter()
             .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-            .flat_map(|(_, v)| v.split(','))
+            .flat_map(move |(_, v)| v.split(separator))
             .map(str::trim)
     }
 

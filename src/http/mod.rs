@@ -3,6 +3,7 @@
 //! the page, or a checked WebSocket [upgrade]. Every write has a deadline, so a client that
 //! pipelines requests and never reads is cut off.
 
+mod api;
 mod client;
 mod head;
 mod response;
@@ -105,13 +106,50 @@ pub async fn serve(
                 refuse_too_many(stream, too_many, write_limit).await;
                 return None;
             }
+            Answer::Api(response) => {
+                send_and_close(stream, &response, write_limit).await;
+                return None;
+            }
+            Answer::Publish(publish) => {
+                let Some(body) =
+                    read_body(stream, &mut buffer, publish.body_length, deadline).await
+                else {
+                    let response = api::error(408, "body not received in time");
+                    send_and_close(stream, &response, write_limit).await;
+                    return None;
+                };
+                let response = api::publish(&publish, &body, endpoints.broker).await;
+                let keep_alive = response.starts_with(b"HTTP/1.1 200") && head.keep_alive();
+                let written = timeout(write_limit, stream.write_all(&response)).await;
+                if !matches!(written, Ok(Ok(()))) || !keep_alive || shutdown.is_signalled() {
+                    return None;
+                }
+            }
             Answer::Upgrade(mut upgrade) => {
                 // Only the bytes past the head go on: the start of the first frames.
                 buffer.shrink_to_fit();
                 upgrade.leftover = buffer;
-                return Some(upgrade);
+                return Some(*upgrade);
             }
         }
+    }
+}
+
+/// A request body of `length` bytes: what the head's read already took, then the rest, by
+/// `deadline`. `None` if it does not come in time.
+async fn read_body(
+    stream: &mut TcpStream,
+    buffer: &mut Vec<u8>,
+    length: usize,
+    deadline: Instant,
+) -> Option<Vec<u8>> {
+    let from_buffer = length.min(buffer.len());
+    let mut body: Vec<u8> = buffer.drain(..from_buffer).collect();
+    body.resize(length, 0);
+    let rest = &mut body[from_buffer..];
+    match tokio::time::timeout_at(deadline, stream.read_exact(rest)).await {
+        Ok(Ok(_)) => Some(body),
+        _ => None,
     }
 }
 

@@ -19,6 +19,7 @@ pub const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     BadRequest,
+    Unauthorized,
     Forbidden,
     NotFound,
     MethodNotAllowed,
@@ -33,6 +34,7 @@ impl Status {
     fn line(self) -> &'static str {
         match self {
             Status::BadRequest => "400 Bad Request",
+            Status::Unauthorized => "401 Unauthorized",
             Status::Forbidden => "403 Forbidden",
             Status::NotFound => "404 Not Found",
             Status::MethodNotAllowed => "405 Method Not Allowed",
@@ -47,6 +49,7 @@ impl Status {
     fn extra_headers(self) -> &'static str {
         match self {
             Status::MethodNotAllowed => "Allow: GET, HEAD\r\n",
+            Status::Unauthorized => "WWW-Authenticate: Bearer realm=\"roomcast\"\r\n",
             Status::UpgradeRequired => "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n",
             Status::ServiceUnavailable => "Retry-After: 1\r\n",
             _ => "",
@@ -86,6 +89,43 @@ pub fn ok_response(content_type: &str, body: &[u8], head_only: bool) -> Vec<u8> 
         response.extend_from_slice(body);
     }
     response
+}
+
+/// A JSON answer of the API; an error one closes the connection.
+pub fn json_response(status: u16, body: &str, retry_after: Option<std::time::Duration>) -> Vec<u8> {
+    let line = match status {
+        200 => "200 OK",
+        400 => "400 Bad Request",
+        401 => "401 Unauthorized",
+        403 => "403 Forbidden",
+        404 => "404 Not Found",
+        405 => "405 Method Not Allowed",
+        408 => "408 Request Timeout",
+        411 => "411 Length Required",
+        413 => "413 Content Too Large",
+        415 => "415 Unsupported Media Type",
+        429 => "429 Too Many Requests",
+        _ => "503 Service Unavailable",
+    };
+    let mut extra = String::new();
+    if let Some(wait) = retry_after {
+        extra.push_str(&format!(
+            "Retry-After: {}\r\n",
+            wait.as_millis().div_ceil(1000).max(1)
+        ));
+    }
+    match status {
+        401 => extra.push_str("WWW-Authenticate: Bearer realm=\"roomcast\"\r\n"),
+        405 => extra.push_str("Allow: POST\r\n"),
+        200 => {}
+        _ => extra.push_str("Connection: close\r\n"),
+    }
+    format!(
+        "HTTP/1.1 {line}\r\n{extra}Content-Type: application/json\r\nCache-Control: no-store\r\n\
+         X-Content-Type-Options: nosniff\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
 }
 
 /// The page with the headers that keep it to itself: a Content-Security-Policy that allows
@@ -180,6 +220,11 @@ mod tests {
         )));
         assert!(head_of(HEALTHZ).ends_with(b"\r\n\r\n"));
         assert!(content_length_matches(&page_response(false)));
+        assert!(content_length_matches(&json_response(
+            413,
+            r#"{"error":"x"}"#,
+            None
+        )));
     }
 
     #[test]

@@ -3,11 +3,13 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use super::api::{self, Publish};
 use super::head::Head;
 use super::response::{HEALTHZ, NOT_READY, READY, Status, head_of, ok_response, page_response};
 use super::upgrade::{Origins, Target, Upgrade};
-use crate::broker::Resume;
-use crate::config::Config;
+use crate::auth::Authenticator;
+use crate::broker::{Broker, Resume};
+use crate::config::{Config, FRAME_OVERHEAD};
 use crate::health::Health;
 use crate::limits::{AddressTable, TooMany};
 use crate::metrics::Metrics;
@@ -28,6 +30,8 @@ pub struct Endpoints<'a> {
     pub health: &'a Health,
     pub metrics: &'a Metrics,
     pub addresses: &'a Arc<AddressTable>,
+    pub auth: &'a Authenticator,
+    pub broker: &'a Broker,
     pub listener: Listener,
 }
 
@@ -40,10 +44,19 @@ pub enum Answer {
     Reject(Status, &'static str),
     /// Over a per-address limit.
     TooMany(TooMany),
-    Upgrade(Upgrade),
+    /// An API answer ready to write (an error: the connection closes after it).
+    Api(Vec<u8>),
+    /// An API publish whose body is still to be read.
+    Publish(Publish),
+    Upgrade(Box<Upgrade>),
 }
 
 pub fn answer(head: &Head, endpoints: &Endpoints<'_>, client: IpAddr) -> Answer {
+    if endpoints.listener == Listener::Public
+        && let Some(call) = head.path.strip_prefix("/api/")
+    {
+        return api_call(head, call, endpoints, client);
+    }
     let head_only = match head.method.as_str() {
         "GET" => false,
         "HEAD" => true,
@@ -99,18 +112,46 @@ pub fn answer(head: &Head, endpoints: &Endpoints<'_>, client: IpAddr) -> Answer 
     }
 }
 
+/// The API: `rooms/<room>/messages` for now.
+fn api_call(head: &Head, call: &str, endpoints: &Endpoints<'_>, client: IpAddr) -> Answer {
+    let config = endpoints.config;
+    let room = call
+        .strip_prefix("rooms/")
+        .and_then(|rest| rest.strip_suffix("/messages"));
+    let Some(room) = room else {
+        return Answer::Api(api::error(404, "no such API"));
+    };
+    if !protocol::is_valid_room(room) {
+        return Answer::Api(api::error(404, "room names are 1-100 of A-Z a-z 0-9 - _ ."));
+    }
+    let max_body = config.max_message_bytes + FRAME_OVERHEAD;
+    let publish = match api::check(head, room, config.api_key.as_ref(), max_body) {
+        Ok(publish) => publish,
+        Err((status, reason)) => return Answer::Api(api::error(status, reason)),
+    };
+    match endpoints.addresses.upgrade(client) {
+        Ok(()) => Answer::Publish(publish),
+        Err(too_many) => Answer::TooMany(too_many),
+    }
+}
+
 fn upgrade(head: &Head, endpoints: &Endpoints<'_>, target: Target, client: IpAddr) -> Answer {
     let origins = if endpoints.config.allowed_origins.iter().any(|o| o == "*") {
         Origins::Any
     } else {
         Origins::SameAnd(endpoints.config.allowed_origins.clone())
     };
-    let upgrade = match Upgrade::check(head, target, &origins) {
+    let mut upgrade = match Upgrade::check(head, target, &origins) {
         Ok(upgrade) => upgrade,
         Err((status, reason)) => return Answer::Reject(status, reason),
     };
+    if let Err((status, reason)) =
+        upgrade.authenticate(head, endpoints.auth, &endpoints.config.auth_cookie)
+    {
+        return Answer::Reject(status, reason);
+    }
     match endpoints.addresses.upgrade(client) {
-        Ok(()) => Answer::Upgrade(upgrade),
+        Ok(()) => Answer::Upgrade(Box::new(upgrade)),
         Err(too_many) => Answer::TooMany(too_many),
     }
 }
@@ -177,11 +218,19 @@ mod tests {
             crate::limits::RateLimit::new(10, 10),
             100,
         ));
+        let auth = Authenticator::new(config.auth, config.auth_secrets.clone(), "roomcast".into());
+        let broker = Broker::start(
+            config,
+            Arc::new(Health::default()),
+            Arc::new(Metrics::default()),
+        );
         let endpoints = Endpoints {
             config,
             health: &health,
             metrics: &metrics,
             addresses: &addresses,
+            auth: &auth,
+            broker: &broker,
             listener: Listener::Public,
         };
         answer(&head_for(request), &endpoints, "192.0.2.1".parse().unwrap())

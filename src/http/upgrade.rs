@@ -12,6 +12,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use super::head::Head;
 use super::response::{Status, error_response};
+use crate::auth::{Authenticator, Identity, Mode, now_secs};
 use crate::broker::Resume;
 use crate::protocol::EXTENDED_SUBPROTOCOL;
 
@@ -32,6 +33,8 @@ pub struct Upgrade {
     pub target: Target,
     /// The client offered the `roomcast.v1` subprotocol.
     pub extended: bool,
+    /// The user its token names; `None` for an anonymous client.
+    pub identity: Option<Identity>,
     accept_key: String,
     /// Bytes read past the head: the start of the first frames.
     pub leftover: Vec<u8>,
@@ -87,9 +90,38 @@ impl Upgrade {
         Ok(Upgrade {
             target,
             extended: head.has_token("sec-websocket-protocol", EXTENDED_SUBPROTOCOL),
+            identity: None,
             accept_key: derive_accept_key(key.as_bytes()),
             leftover: Vec::new(),
         })
+    }
+
+    /// Identifies the client by its token, as `auth` requires, and checks it may join.
+    pub fn authenticate(
+        &mut self,
+        head: &Head,
+        auth: &Authenticator,
+        cookie: &str,
+    ) -> Result<(), (Status, &'static str)> {
+        if auth.mode == Mode::Off {
+            return Ok(());
+        }
+        let identity = match token_in(head, cookie) {
+            Some(token) => auth
+                .verify(token, now_secs())
+                .map_err(|refusal| (Status::Unauthorized, refusal.reason()))?,
+            None if auth.mode == Mode::Required => {
+                return Err((Status::Unauthorized, "token required"));
+            }
+            None => return Ok(()),
+        };
+        if let Target::Chat { room, .. } = &self.target
+            && !identity.rooms.allows(room)
+        {
+            return Err((Status::Forbidden, "room not granted by the token"));
+        }
+        self.identity = Some(identity);
+        Ok(())
     }
 
     fn response(&self) -> String {
@@ -117,6 +149,31 @@ impl Upgrade {
     pub async fn refuse(stream: &mut TcpStream, limit: Duration, status: Status, reason: &str) {
         let _ = timeout(limit, stream.write_all(&error_response(status, reason))).await;
     }
+}
+
+/// The subprotocol entry that carries a token from a browser, which cannot set headers on a
+/// WebSocket; it is never echoed back.
+pub const TOKEN_SUBPROTOCOL_PREFIX: &str = "roomcast.token.";
+
+/// The token in the `Authorization` header, else a `roomcast.token.` subprotocol entry,
+/// else the cookie. Never the URL: proxies log URLs.
+fn token_in<'a>(head: &'a Head, cookie: &str) -> Option<&'a str> {
+    if let Some(token) = head
+        .header("authorization")
+        .and_then(|value| value.strip_prefix("Bearer "))
+    {
+        return Some(token.trim());
+    }
+    if let Some(token) = head
+        .tokens("sec-websocket-protocol")
+        .find_map(|entry| entry.strip_prefix(TOKEN_SUBPROTOCOL_PREFIX))
+    {
+        return Some(token);
+    }
+    head.tokens_by("cookie", ';').find_map(|pair| {
+        let (name, value) = pair.split_once('=')?;
+        (name.trim() == cookie).then_some(value.trim())
+    })
 }
 
 /// A `Sec-WebSocket-Key`: 16 bytes in base64.

@@ -14,7 +14,13 @@ use crate::broker::{Delivery, Membership, Page, Replay, Unavailable};
 use crate::config::LogLevel;
 use crate::limits::RateState;
 use crate::log;
-use crate::protocol::{self, CLOSE_SLOW_READER, ChatParts, ResetReason};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::auth::jwt::LEEWAY_SECS;
+use crate::auth::{Identity, Mode, Refusal, now_secs};
+use crate::protocol::{self, CLOSE_SLOW_READER, ChatParts, Inbound, ResetReason};
 use crate::shared::Shared;
 use crate::shutdown::Shutdown;
 
@@ -34,6 +40,8 @@ pub(super) struct ChatSession<'a> {
     rate: RateState,
     /// Messages refused over the rate since the last one accepted.
     refused_in_a_row: u32,
+    /// The user, when a token named one.
+    identity: Option<Identity>,
 }
 
 struct Cursor {
@@ -76,7 +84,19 @@ impl<'a> ChatSession<'a> {
             replay: None,
             rate: shared.publish_rate.start(),
             refused_in_a_row: 0,
+            identity: None,
         }
+    }
+
+    /// Names the user; the session ends with 4001 when the token expires unless a fresh one
+    /// comes first.
+    pub(super) fn identify(&mut self, identity: Option<Identity>) {
+        let expires = identity.as_ref().map(|identity| {
+            let left = (identity.expires + LEEWAY_SECS).saturating_sub(now_secs());
+            Instant::now() + Duration::from_secs(left)
+        });
+        self.clock.expire_at(expires);
+        self.identity = identity;
     }
 
     pub(super) async fn run(mut self, mut shutdown: Shutdown) {
@@ -211,9 +231,15 @@ impl<'a> ChatSession<'a> {
     async fn on_text(&mut self, text: &str) -> Option<Ending> {
         let metrics = &self.shared.metrics;
         metrics.message_received();
-        let error = match protocol::parse_chat(text) {
-            Ok(message) => {
-                let chat = ChatParts::new(&message, None, protocol::now_ms());
+        let error = match protocol::parse_inbound(text, self.extended) {
+            Ok(Inbound::Chat(message)) => {
+                if let Some(identity) = &self.identity
+                    && !identity.publish.allows(&self.room)
+                {
+                    return self.forbidden().await;
+                }
+                let user = self.identity.as_ref().map(|identity| &*identity.user_json);
+                let chat = ChatParts::new(&message, user, protocol::now_ms());
                 match self.membership.publish(chat).await {
                     Ok(()) => return None,
                     Err(Unavailable) => {
@@ -222,6 +248,7 @@ impl<'a> ChatSession<'a> {
                     }
                 }
             }
+            Ok(Inbound::Refresh(token)) => return self.refresh(&token).await,
             Err(invalid) => {
                 metrics.invalid_frame();
                 if !self.extended {
@@ -235,7 +262,7 @@ impl<'a> ChatSession<'a> {
 
     /// Over the publish rate: the message is dropped. A plain client is closed (1008); an
     /// extended one is told when to retry, and closed if it keeps going regardless.
-    async fn over_rate(&mut self, retry_after: std::time::Duration) -> Option<Ending> {
+    async fn over_rate(&mut self, retry_after: Duration) -> Option<Ending> {
         self.shared.metrics.rate_limited();
         self.refused_in_a_row += 1;
         if !self.extended || self.refused_in_a_row > self.shared.config.burst {
@@ -244,6 +271,42 @@ impl<'a> ChatSession<'a> {
         let retry_after_ms = retry_after.as_millis().max(1) as u64;
         let frame = protocol::rate_limited_frame(retry_after_ms);
         self.send_now(frame).await
+    }
+
+    /// A user may read this room but not post in it.
+    async fn forbidden(&mut self) -> Option<Ending> {
+        const REASON: &str = "posting in this room is not granted by the token";
+        if !self.extended {
+            return Some(Ending::Close(CloseCode::Policy, REASON));
+        }
+        self.send_now(protocol::error_frame("forbidden", REASON))
+            .await
+    }
+
+    /// A fresh token for the same user, still granted this room, puts the expiry off.
+    async fn refresh(&mut self, token: &str) -> Option<Ending> {
+        let auth = &self.shared.auth;
+        let refreshed = match &self.identity {
+            Some(current) => auth.refresh(token, current, &self.room, now_secs()),
+            None => auth.verify(token, now_secs()).and_then(|fresh| {
+                if fresh.rooms.allows(&self.room) {
+                    Ok(fresh)
+                } else {
+                    Err(Refusal::Claims)
+                }
+            }),
+        };
+        match refreshed {
+            Ok(fresh) if auth.mode != Mode::Off => {
+                self.identify(Some(fresh));
+                None
+            }
+            Ok(_) => None,
+            Err(refusal) => {
+                let frame = protocol::error_frame("forbidden", refusal.reason());
+                self.send_now(frame).await
+            }
+        }
     }
 
     /// A message of this client's was not published: an error frame, or close 1013.
@@ -310,6 +373,10 @@ impl<'a> ChatSession<'a> {
                 CloseCode::Policy,
                 "message not completed within the peer timeout",
             )),
+            Due::Expired => Some(Ending::Close(
+                CloseCode::from(protocol::CLOSE_TOKEN_EXPIRED),
+                "token expired: reconnect with a fresh one",
+            )),
             Due::Ping => {
                 let limit = self.clock.timeout();
                 let ping = within(
@@ -365,10 +432,16 @@ impl<'a> ChatSession<'a> {
             while let Some(Ok(message)) = self.socket.next().await {
                 if let Message::Text(text) = message
                     && publish_in_flight
-                    && let Ok(chat) = protocol::parse_chat(text.as_str())
+                    && let Ok(Inbound::Chat(chat)) =
+                        protocol::parse_inbound(text.as_str(), self.extended)
+                    && self
+                        .identity
+                        .as_ref()
+                        .is_none_or(|identity| identity.publish.allows(&self.room))
                 {
                     self.shared.metrics.message_received();
-                    let chat = ChatParts::new(&chat, None, protocol::now_ms());
+                    let user = self.identity.as_ref().map(|identity| &*identity.user_json);
+                    let chat = ChatParts::new(&chat, user, protocol::now_ms());
                     let _ = self.membership.publish(chat).await;
                 }
             }

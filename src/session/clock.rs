@@ -16,6 +16,8 @@ pub struct PeerClock {
     last_heard: Instant,
     /// A ping went out since `last_heard`.
     pinged: bool,
+    /// When the client's token runs out.
+    expires: Option<Instant>,
     timer: Pin<Box<Sleep>>,
 }
 
@@ -30,6 +32,8 @@ pub enum Due {
     Silent,
     /// A message has been arriving for the peer timeout without being complete.
     Unfinished,
+    /// The client's token has expired and no fresh one came.
+    Expired,
 }
 
 impl PeerClock {
@@ -40,6 +44,7 @@ impl PeerClock {
             timeout,
             last_heard: now,
             pinged: false,
+            expires: None,
             timer: Box::pin(sleep_until(now + heartbeat)),
         }
     }
@@ -49,6 +54,16 @@ impl PeerClock {
         // The timer waits for the timeout after a ping; the next ping is due sooner.
         if std::mem::take(&mut self.pinged) {
             self.timer.as_mut().reset(self.last_heard + self.heartbeat);
+        }
+    }
+
+    /// Sets when the token runs out; the timer wakes for it.
+    pub fn expire_at(&mut self, at: Option<Instant>) {
+        self.expires = at;
+        if let Some(at) = at
+            && at < self.timer.deadline()
+        {
+            self.timer.as_mut().reset(at);
         }
     }
 
@@ -65,7 +80,9 @@ impl PeerClock {
     /// half received started arriving.
     pub fn check(&mut self, busy_since: Option<Instant>) -> Due {
         let now = Instant::now();
-        let due = if busy_since.is_some_and(|since| now >= since + self.timeout) {
+        let due = if self.expires.is_some_and(|at| now >= at) {
+            Due::Expired
+        } else if busy_since.is_some_and(|since| now >= since + self.timeout) {
             Due::Unfinished
         } else if now >= self.last_heard + self.timeout {
             Due::Silent
@@ -81,6 +98,9 @@ impl PeerClock {
         }
         if let Some(since) = busy_since {
             next = next.min(since + self.timeout);
+        }
+        if let Some(at) = self.expires {
+            next = next.min(at);
         }
         self.timer
             .as_mut()
@@ -122,6 +142,23 @@ mod tests {
         clock.heard();
         let (due, after) = next_due(&mut clock, None).await;
         assert_eq!((due, after), (Due::Ping, 2 * SECOND));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expiry_wakes_the_timer_and_a_later_one_puts_it_off() {
+        let mut clock = PeerClock::new(20 * SECOND, 45 * SECOND);
+        let start = Instant::now();
+        clock.expire_at(Some(start + 3 * SECOND));
+        clock.expire_at(Some(start + 5 * SECOND));
+        loop {
+            clock.due().await;
+            // A heard peer: only the expiry can end this.
+            clock.heard();
+            if clock.check(None) == Due::Expired {
+                break;
+            }
+        }
+        assert_eq!(start.elapsed(), 5 * SECOND);
     }
 
     #[tokio::test(start_paused = true)]

@@ -22,7 +22,7 @@ pub(super) async fn run(mut socket: Socket, shared: &Shared, mut shutdown: Shutd
             inbound = socket.next() => inbound,
             _ = clock.due() => match clock.check(socket.get_ref().busy_since()) {
                 Due::Nothing => continue,
-                Due::Silent => break Ending::Silent,
+                Due::Silent | Due::Expired => break Ending::Silent,
                 Due::Unfinished => break Ending::Close(CloseCode::Policy, "message not completed within the peer timeout"),
                 Due::Ping => {
                     if within(limit, socket.send(Message::Ping(Default::default()))).await.is_err() {

@@ -44,8 +44,13 @@ enum Opened<'a> {
 }
 
 /// Joins the room (answering 503 if the broker is away), then completes the upgrade.
-async fn handshake(mut stream: TcpStream, upgrade: Upgrade, shared: &Shared) -> Option<Opened<'_>> {
+async fn handshake(
+    mut stream: TcpStream,
+    mut upgrade: Upgrade,
+    shared: &Shared,
+) -> Option<Opened<'_>> {
     let limit = shared.config.peer_timeout;
+    let identity = upgrade.identity.take();
     let Target::Chat { room, resume } = &upgrade.target else {
         upgrade.accept(&mut stream, limit).await.ok()?;
         let socket = open(stream, upgrade.leftover, shared).await;
@@ -66,7 +71,8 @@ async fn handshake(mut stream: TcpStream, upgrade: Upgrade, shared: &Shared) -> 
     let room = room.clone();
     let socket = open(stream, upgrade.leftover, shared).await;
     let clock = PeerClock::new(shared.config.heartbeat, shared.config.peer_timeout);
-    let session = ChatSession::new(socket, membership, room, extended, shared, clock);
+    let mut session = ChatSession::new(socket, membership, room, extended, shared, clock);
+    session.identify(identity);
     Some(Opened::Chat(Box::new(session)))
 }
 

@@ -26,13 +26,13 @@ use tokio::time::{Instant, timeout, timeout_at};
 
 use super::feed::WeakFeed;
 use super::ledger::FrameLedger;
-use super::{Membership, PAGE_BYTES, PAGE_FRAMES, Page, Resume, Unavailable};
+use super::{Accepted, Membership, PAGE_BYTES, PAGE_FRAMES, Page, Resume, Unavailable};
 use crate::config::Config;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::protocol::ChatParts;
 use publisher::Publisher;
-use queue::{Full, Held, HoldQueue};
+use queue::{Full, Held, HoldQueue, Origin};
 use subscriber::RoomTask;
 
 /// Every Redis call gives up after this, so a stalled Redis reads as an outage, not a hang.
@@ -171,6 +171,39 @@ impl RedisBroker {
     pub fn frame_bytes(&self) -> usize {
         self.inner.frames.alive()
     }
+
+    /// A key unique to this request, for API publishes that came without one: a publish
+    /// retried after a lost reply is still applied once.
+    pub fn fresh_key(&self) -> String {
+        format!("api.{}", self.inner.fresh_epoch())
+    }
+
+    /// Publishes for the API, without a membership, and waits for the seq. Refused at once
+    /// while Redis is away rather than held: the caller is waiting on the answer.
+    pub async fn publish(
+        &self,
+        room: &str,
+        chat: ChatParts,
+        idempotency: String,
+    ) -> Result<Accepted, Unavailable> {
+        if !self.inner.health.is_broker_up() {
+            return Err(Unavailable);
+        }
+        let (reply, answer) = oneshot::channel();
+        let held = Held {
+            room: Arc::from(room),
+            chat,
+            origin: Origin::Api { reply, idempotency },
+            number: 0,
+            previous: 0,
+            failing_since: None,
+        };
+        self.inner.queue.push(held).map_err(|_| Unavailable)?;
+        match timeout(REDIS_TIMEOUT + publisher::RETRY_FOR, answer).await {
+            Ok(Ok(outcome)) => outcome,
+            _ => Err(Unavailable),
+        }
+    }
 }
 
 impl Inner {
@@ -206,7 +239,7 @@ impl Member {
         let mut held = Held {
             room: Arc::clone(&self.room),
             chat,
-            sender: self.feed.clone(),
+            origin: Origin::Member(self.feed.clone()),
             number: 0,
             previous: 0,
             failing_since: None,
@@ -217,7 +250,7 @@ impl Member {
             match queue.push(held) {
                 Ok(()) => break true,
                 Err(Full(back)) if self.inner.health.is_broker_up() => {
-                    held = back;
+                    held = *back;
                     if timeout_at(deadline, space).await.is_err() {
                         break false;
                     }

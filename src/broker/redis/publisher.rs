@@ -20,7 +20,7 @@ use tokio::time::{sleep, timeout};
 use super::queue::Held;
 use super::scripts::{self, PUBLISH};
 use super::{Inner, REDIS_TIMEOUT, connect, next_backoff, stopping};
-use crate::broker::Delivery;
+use crate::broker::Unavailable;
 use crate::log;
 
 /// Publishes sent in one pipeline...
@@ -168,6 +168,8 @@ impl Publisher {
             match outcome(reply) {
                 Outcome::Applied => {
                     queue.settle(&held, true);
+                    held.origin
+                        .settle(scripts::accepted(reply).ok_or(Unavailable));
                     continue;
                 }
                 Outcome::NoScript => needs_script = true,
@@ -188,8 +190,8 @@ impl Publisher {
             blocked_rooms.push(Arc::clone(&held.room));
             if given_up {
                 self.inner.metrics.publish_failed();
-                held.sender.offer(Delivery::PublishFailed);
                 queue.settle(&held, false);
+                held.origin.settle(Err(Unavailable));
             } else {
                 self.inner.metrics.publish_retried();
                 returned.push(held);

@@ -10,23 +10,47 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 
 use crate::broker::feed::WeakFeed;
+use crate::broker::{Accepted, Delivery, Unavailable};
 use crate::protocol::ChatParts;
 
 /// One publish, held until Redis has applied it or refused it for good.
 pub(super) struct Held {
     pub room: Arc<str>,
     pub chat: ChatParts,
-    /// The sender, told if the publish finally fails.
-    pub sender: WeakFeed,
+    pub origin: Origin,
     /// This instance's number for it; 0 until first sent.
     pub number: u64,
     /// The number sent before it from the same room; 0 when none is pending.
     pub previous: u64,
     /// When Redis first answered it with an error.
     pub failing_since: Option<Instant>,
+}
+
+/// Who is waiting to hear how a publish went.
+pub(super) enum Origin {
+    /// A member's session, told only if the publish finally fails.
+    Member(WeakFeed),
+    /// A publish API request, waiting for the seq; its key makes a retried request publish once.
+    Api {
+        reply: oneshot::Sender<Result<Accepted, Unavailable>>,
+        idempotency: String,
+    },
+}
+
+impl Origin {
+    /// Tells the publisher of the outcome.
+    pub fn settle(self, outcome: Result<Accepted, Unavailable>) {
+        match (self, outcome) {
+            (Origin::Member(_), Ok(_)) => {}
+            (Origin::Member(feed), Err(Unavailable)) => feed.offer(Delivery::PublishFailed),
+            (Origin::Api { reply, .. }, outcome) => {
+                let _ = reply.send(outcome);
+            }
+        }
+    }
 }
 
 pub(super) struct HoldQueue {
@@ -59,7 +83,7 @@ struct RoomQueue {
 }
 
 /// The queue (or the room's share of it) is full.
-pub(super) struct Full(pub Held);
+pub(super) struct Full(pub Box<Held>);
 
 impl std::fmt::Debug for Full {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -86,12 +110,12 @@ impl HoldQueue {
     pub fn push(&self, held: Held) -> Result<(), Full> {
         let mut state = self.lock();
         if state.held >= self.max_held {
-            return Err(Full(held));
+            return Err(Full(Box::new(held)));
         }
         let room = Arc::clone(&held.room);
         let queue = state.rooms.entry(Arc::clone(&room)).or_default();
         if queue.pending.len() + queue.in_flight >= self.max_per_room {
-            return Err(Full(held));
+            return Err(Full(Box::new(held)));
         }
         let was_idle = queue.pending.is_empty();
         queue.pending.push_back(held);
@@ -191,7 +215,7 @@ mod tests {
         Held {
             room: Arc::from(room),
             chat: ChatParts::new(message, None, 0),
-            sender: sender.downgrade(),
+            origin: Origin::Member(sender.downgrade()),
             number: 0,
             previous: 0,
             failing_since: None,

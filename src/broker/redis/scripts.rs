@@ -9,22 +9,31 @@ use redis::aio::MultiplexedConnection;
 use redis::{Pipeline, RedisResult, Value};
 
 use super::Inner;
-use super::queue::Held;
+use super::queue::{Held, Origin};
 use super::wire::{self, RoomKeys};
-use crate::broker::Frame;
+use crate::broker::{Accepted, Frame};
 
 /// The error a publish gets when the one sent before it from the same room and instance has
 /// not been applied: it is retried after that one.
 pub(super) const GAP_ERROR: &str = "ROOMCAST_GAP";
 
 /// Assigns the next seq, appends to the bounded stream and publishes, all or nothing.
-/// KEYS: seq, epoch, log, publishers, bytes. ARGV: the frame's prefix and suffix (around
-/// the seq), a fresh epoch, history entries, history bytes, ttl seconds, channel, instance
-/// id, this publish's number, the previous number from this room (0: none pending).
+/// Returns `{seq, epoch}`, or `{0, ""}` for a publish applied before (a retry).
+/// KEYS: seq, epoch, log, publishers, bytes, and the idempotency key of an API publish.
+/// ARGV: the frame's prefix and suffix (around the seq), a fresh epoch, history entries,
+/// history bytes, ttl seconds, channel, instance id, this publish's number, the previous
+/// number from this room (0: none pending), and 1 when KEYS[6] is in use.
 pub(super) const PUBLISH: &str = r#"#!lua
+if ARGV[11] == '1' then
+  local done = redis.call('GET', KEYS[6])
+  if done then
+    local seq, epoch = string.match(done, '^(%d+) (.*)$')
+    return {tonumber(seq), epoch}
+  end
+end
 local last = tonumber(redis.call('HGET', KEYS[4], ARGV[8]) or '0')
 local number = tonumber(ARGV[9])
-if number <= last then return 0 end
+if number <= last then return {0, ''} end
 if last > 0 and tonumber(ARGV[10]) > last then
   return redis.error_reply('ROOMCAST_GAP an earlier publish from this room is not applied yet')
 end
@@ -64,8 +73,9 @@ redis.call('HSET', KEYS[4], ARGV[8], ARGV[9])
 if redis.call('TTL', KEYS[1]) < tonumber(ARGV[6]) / 2 then
   for i = 1, 5 do redis.call('EXPIRE', KEYS[i], ARGV[6]) end
 end
+if ARGV[11] == '1' then redis.call('SET', KEYS[6], seq .. ' ' .. epoch, 'EX', ARGV[6]) end
 redis.call('PUBLISH', ARGV[7], seq .. ' ' .. epoch .. ' ' .. frame)
-return seq
+return {seq, epoch}
 "#;
 
 /// A room's epoch (nil if it has none), latest seq and oldest kept entry id (nil if none).
@@ -108,15 +118,20 @@ type Entries = Vec<(String, Vec<(String, String)>)>;
 /// Adds one publish to a pipeline.
 pub(super) fn add_publish(pipeline: &mut Pipeline, inner: &Inner, held: &Held) {
     let keys = RoomKeys::of(&held.room);
+    let idempotency = match &held.origin {
+        Origin::Api { idempotency, .. } => Some(idempotency.as_str()),
+        Origin::Member(_) => None,
+    };
     pipeline
         .cmd("EVALSHA")
         .arg(&inner.publish_hash)
-        .arg(5)
-        .arg(keys.seq)
-        .arg(keys.epoch)
-        .arg(keys.log)
-        .arg(keys.publishers)
-        .arg(keys.log_bytes)
+        .arg(6)
+        .arg(&keys.seq)
+        .arg(&keys.epoch)
+        .arg(&keys.log)
+        .arg(&keys.publishers)
+        .arg(&keys.log_bytes)
+        .arg(keys.idempotency(idempotency.unwrap_or("")))
         .arg(&held.chat.prefix)
         .arg(&held.chat.suffix)
         .arg(inner.fresh_epoch())
@@ -126,7 +141,15 @@ pub(super) fn add_publish(pipeline: &mut Pipeline, inner: &Inner, held: &Held) {
         .arg(wire::channel(&held.room))
         .arg(&inner.instance)
         .arg(held.number)
-        .arg(held.previous);
+        .arg(held.previous)
+        .arg(if idempotency.is_some() { "1" } else { "0" });
+}
+
+/// The seq and epoch a publish reply carries; `None` for a retry Redis had applied before
+/// (the epoch then comes back empty).
+pub(super) fn accepted(reply: &RedisResult<Value>) -> Option<Accepted> {
+    let (seq, epoch): (u64, String) = redis::from_redis_value(reply.as_ref().ok()?.clone()).ok()?;
+    (seq > 0).then_some(Accepted { seq, epoch })
 }
 
 /// A room as a joining member or a catching-up room task sees it.
@@ -238,6 +261,26 @@ mod tests {
         let without = Value::Array(vec![Value::BulkString(b"e1".to_vec()), Value::Int(0)]);
         assert_eq!(parse_state(without).unwrap().oldest, None);
         assert_eq!(parse_state(Value::Nil), None);
+    }
+
+    #[test]
+    fn publish_replies_carry_the_seq_and_epoch() {
+        let reply = Ok(Value::Array(vec![
+            Value::Int(7),
+            Value::BulkString(b"e1".to_vec()),
+        ]));
+        assert_eq!(
+            accepted(&reply),
+            Some(Accepted {
+                seq: 7,
+                epoch: "e1".into()
+            })
+        );
+        let retry = Ok(Value::Array(vec![
+            Value::Int(0),
+            Value::BulkString(Vec::new()),
+        ]));
+        assert_eq!(accepted(&retry), None);
     }
 
     #[test]

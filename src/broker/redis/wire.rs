@@ -22,6 +22,11 @@ pub struct RoomKeys {
 const PREFIX: &str = "roomcast:room:{";
 
 impl RoomKeys {
+    /// Where an API publish with idempotency key `key` records its seq.
+    pub fn idempotency(&self, key: &str) -> String {
+        format!("{}:idempotency:{key}", self.seq.trim_end_matches(":seq"))
+    }
+
     pub fn of(room: &str) -> RoomKeys {
         let base = channel(room);
         RoomKeys {
