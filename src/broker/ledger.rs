@@ -2,7 +2,8 @@
 //!
 //! A frame is shared by every member it goes to, so adding up queues would count one frame
 //! many times. Instead each frame carries its own count and gives it back when its last
-//! holder drops it: [`FrameLedger::alive`] is the memory all frames take, exactly.
+//! holder drops it: [`FrameLedger::alive`] is the memory all frames take, each counted
+//! with the same overhead a history entry is charged, so the two can be compared.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use bytes::Bytes;
 
 use super::Frame;
+use super::history::ENTRY_OVERHEAD;
 
 #[derive(Debug, Default)]
 pub struct FrameLedger {
@@ -32,14 +34,15 @@ impl Drop for Counted {
     fn drop(&mut self) {
         self.ledger
             .alive
-            .fetch_sub(self.text.len(), Ordering::Relaxed);
+            .fetch_sub(self.text.len() + ENTRY_OVERHEAD, Ordering::Relaxed);
     }
 }
 
 impl FrameLedger {
     /// `text` as a shareable frame, counted until its last clone is dropped.
     pub fn frame(self: &Arc<Self>, text: String) -> Frame {
-        self.alive.fetch_add(text.len(), Ordering::Relaxed);
+        self.alive
+            .fetch_add(text.len() + ENTRY_OVERHEAD, Ordering::Relaxed);
         let owner = Counted {
             text,
             ledger: Arc::clone(self),
@@ -64,10 +67,10 @@ mod tests {
         let ledger = Arc::new(FrameLedger::default());
         let frame = ledger.frame("hello".to_string());
         let copies: Vec<Frame> = (0..10).map(|_| frame.clone()).collect();
-        assert_eq!(ledger.alive(), 5);
+        assert_eq!(ledger.alive(), 5 + ENTRY_OVERHEAD);
         assert_eq!(copies[3].as_str(), "hello");
         drop(frame);
-        assert_eq!(ledger.alive(), 5);
+        assert_eq!(ledger.alive(), 5 + ENTRY_OVERHEAD);
         drop(copies);
         assert_eq!(ledger.alive(), 0);
     }

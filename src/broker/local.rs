@@ -45,6 +45,9 @@ struct Room {
 }
 
 struct RoomState {
+    /// Taken out of the broker's map: its last member left. A session cut just before may
+    /// still publish into it; nothing is kept for it then.
+    closed: bool,
     seq: u64,
     history: History,
     /// The other end of each feed is a session's `Membership::feed`.
@@ -107,6 +110,7 @@ impl LocalBroker {
                     name: room_name.to_string(),
                     epoch: format!("{:x}.{serial:x}", self.epoch_prefix),
                     state: Mutex::new(RoomState {
+                        closed: false,
                         seq: 0,
                         history: History::default(),
                         members: Vec::new(),
@@ -155,6 +159,7 @@ impl LocalBroker {
             .is_some_and(|current| Arc::ptr_eq(current, room));
         if state.members.is_empty() && is_current {
             rooms.remove(&room.name);
+            state.closed = true;
             let freed = state.history.trim_to(0);
             self.history_budget.charge(0, freed);
             self.metrics.rooms_now(rooms.len());
@@ -277,7 +282,11 @@ impl LocalBroker {
         state.seq += 1;
         let seq = state.seq;
         let frame = broker.frames.frame(chat.with_seq(seq));
-        let (added, freed) = state.history.push(seq, frame.clone(), broker.limits);
+        let (added, freed) = if state.closed {
+            (0, 0)
+        } else {
+            state.history.push(seq, frame.clone(), broker.limits)
+        };
         let mut delivered = 0;
         let mut dropped = 0;
         // A member whose feed is full is cut: its session tells it to resume with `since`,
@@ -470,6 +479,20 @@ mod tests {
             1,
             "the quiet room kept its message"
         );
+    }
+
+    #[test]
+    fn a_publish_into_a_room_freed_meanwhile_keeps_nothing() {
+        let broker = broker(10, 16);
+        let member = broker.join("lobby", None);
+        let MemberHandle::Local(handle) = &member.handle else {
+            unreachable!()
+        };
+        let room = Arc::clone(&handle.room);
+        drop(member);
+        broker.publish_in(&room, &ChatParts::new("late", None, 1));
+        assert_eq!(broker.history_budget.used(), 0);
+        assert_eq!(broker.frame_bytes(), 0);
     }
 
     #[test]

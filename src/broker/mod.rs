@@ -12,6 +12,8 @@ pub mod recent;
 pub mod redis;
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -106,6 +108,9 @@ impl fmt::Display for Unavailable {
     }
 }
 
+/// A replay page on its way.
+pub type PageFuture = Pin<Box<dyn Future<Output = Result<Page, Unavailable>> + Send>>;
+
 /// A replay page holds at most this many frames...
 pub const PAGE_FRAMES: usize = 64;
 /// ...and stops once past this many bytes, so a resumer pins little at a time.
@@ -140,11 +145,15 @@ impl Membership {
     }
 
     /// The next page of this member's replay: frames after seq `after`, up to the seq it
-    /// joined at. An empty page ends the replay.
-    pub async fn replay_page(&self, after: u64) -> Result<Page, Unavailable> {
+    /// joined at. An empty page ends the replay. The future owns what it needs, so a
+    /// session can keep one in flight across other events instead of starting it again.
+    pub fn replay_page(&self, after: u64) -> PageFuture {
         match &self.handle {
-            MemberHandle::Local(member) => Ok(member.replay_page(after, self.seq)),
-            MemberHandle::Redis(member) => member.replay_page(&self.epoch, after, self.seq).await,
+            MemberHandle::Local(member) => {
+                let page = member.replay_page(after, self.seq);
+                Box::pin(std::future::ready(Ok(page)))
+            }
+            MemberHandle::Redis(member) => member.replay_page(self.epoch.clone(), after, self.seq),
         }
     }
 }

@@ -10,7 +10,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use super::clock::{Due, PeerClock};
 use super::outbound::{CLOSE_WAIT, Socket, feed_text, flush, send_close, within};
 use super::{Ending, ending_for};
-use crate::broker::{Delivery, Membership, Page, Replay, Unavailable};
+use crate::broker::{Delivery, Membership, Page, PageFuture, Replay, Unavailable};
 use crate::config::LogLevel;
 use crate::limits::RateState;
 use crate::log;
@@ -36,6 +36,8 @@ pub(super) struct ChatSession<'a> {
     clock: PeerClock,
     /// While replaying: the seq after which the next page starts.
     replay: Option<Cursor>,
+    /// The replay page being read.
+    page_in_flight: Option<PageFuture>,
     /// This connection under the publish rate.
     rate: RateState,
     /// Messages refused over the rate since the last one accepted.
@@ -57,10 +59,20 @@ enum Outbound {
     Live(Option<Delivery>),
 }
 
-async fn next_outbound(membership: &mut Membership, replay: Option<u64>) -> Outbound {
+/// The replay's next page (started now, or still on its way from an earlier turn of the
+/// loop: a ping that arrives meanwhile must not restart the read), or the live feed.
+async fn next_outbound(
+    membership: &mut Membership,
+    page_in_flight: &mut Option<PageFuture>,
+    replay: Option<u64>,
+) -> Outbound {
     match replay {
-        // Boxed: a Redis read is a large future, and only a replaying session needs one.
-        Some(after) => Outbound::Page(Box::pin(membership.replay_page(after)).await),
+        Some(after) => {
+            let page = page_in_flight.get_or_insert_with(|| membership.replay_page(after));
+            let page = page.await;
+            *page_in_flight = None;
+            Outbound::Page(page)
+        }
         None => Outbound::Live(membership.feed.recv().await),
     }
 }
@@ -82,6 +94,7 @@ impl<'a> ChatSession<'a> {
             shared,
             clock,
             replay: None,
+            page_in_flight: None,
             rate: shared.publish_rate.start(),
             refused_in_a_row: 0,
             identity: None,
@@ -110,7 +123,7 @@ impl<'a> ChatSession<'a> {
                 // Boxed, like the closing paths below: rare or short-lived, they would
                 // otherwise make every idle session as large as the largest of them.
                 inbound = self.socket.next() => Box::pin(self.on_inbound(inbound)).await,
-                outbound = next_outbound(&mut self.membership, after) => match outbound {
+                outbound = next_outbound(&mut self.membership, &mut self.page_in_flight, after) => match outbound {
                     Outbound::Page(page) => Box::pin(self.on_page(page)).await,
                     Outbound::Live(Some(delivery)) => self.deliver(delivery).await,
                     Outbound::Live(None) => Some(Ending::Close(

@@ -116,17 +116,33 @@ impl Splitter {
     }
 
     /// Takes header bytes; once the header is whole, decides how to pass the frame on.
-    fn push_header(&mut self, bytes: &[u8]) {
+    /// Frames no server may accept are refused here, before tungstenite would reserve
+    /// room for their payload.
+    fn push_header(&mut self, bytes: &[u8]) -> Result<(), Refused> {
         self.header[self.header_len..self.header_len + bytes.len()].copy_from_slice(bytes);
         self.header_len += bytes.len();
         if self.header_len < 2 || self.header_len < header_size(&self.header) {
-            return;
+            return Ok(());
         }
         let header = &self.header[..self.header_len];
         let (fin, rsv, opcode) = (header[0] & 0x80 != 0, header[0] & 0x70, header[0] & 0x0f);
         let masked = header[1] & 0x80 != 0;
         let length = payload_length(header);
         let is_data = opcode < 8;
+        if rsv != 0 {
+            return Err(Refused::Protocol("reserved bits set without an extension"));
+        }
+        if !masked {
+            return Err(Refused::Protocol("client frames must be masked"));
+        }
+        if matches!(opcode, 3..=7 | 11..=15) {
+            return Err(Refused::Protocol("reserved opcode"));
+        }
+        if !is_data && (!fin || length > 125) {
+            return Err(Refused::Protocol(
+                "control frames must be final and at most 125 bytes",
+            ));
+        }
         if is_data {
             // A final frame's message is in progress until its payload has passed.
             self.message_open = !fin;
@@ -154,6 +170,7 @@ impl Splitter {
         if !self.in_payload {
             self.frame_done();
         }
+        Ok(())
     }
 
     /// Writes the header of the next fragment of a frame being cut.
@@ -295,9 +312,35 @@ impl<S> Drop for Gated<S> {
     }
 }
 
-/// The read that failed because the inbound budget is spent.
-pub fn is_budget_refusal(error: &io::Error) -> bool {
-    error.kind() == io::ErrorKind::OutOfMemory
+/// Why the gate failed a read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Large messages in flight have used the inbound budget.
+    Budget,
+    /// A frame no server may accept.
+    Protocol(&'static str),
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refused::Budget => f.write_str("inbound budget spent"),
+            Refused::Protocol(reason) => f.write_str(reason),
+        }
+    }
+}
+
+impl std::error::Error for Refused {}
+
+impl From<Refused> for io::Error {
+    fn from(refused: Refused) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, refused)
+    }
+}
+
+/// The gate's refusal behind a failed read, if that is what it was.
+pub fn refusal(error: &io::Error) -> Option<Refused> {
+    error.get_ref()?.downcast_ref::<Refused>().copied()
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Gated<S> {
@@ -337,7 +380,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Gated<S> {
                     buf.advance(n);
                     this.splitter.passed(n);
                     if !this.charge() {
-                        return Poll::Ready(Err(io::ErrorKind::OutOfMemory.into()));
+                        return Poll::Ready(Err(Refused::Budget.into()));
                     }
                     this.settle_message();
                     return Poll::Ready(Ok(()));
@@ -363,8 +406,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Gated<S> {
             match need {
                 Need::Header(missing) => {
                     let n = missing.min(bytes.len());
-                    this.splitter.push_header(&bytes[..n]);
+                    let pushed = this.splitter.push_header(&bytes[..n]);
                     this.ahead_at += n;
+                    pushed?;
                 }
                 Need::Payload(left) => {
                     let n = left.min(bytes.len()).min(buf.remaining());
@@ -372,7 +416,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Gated<S> {
                     this.ahead_at += n;
                     this.splitter.passed(n);
                     if !this.charge() {
-                        return Poll::Ready(Err(io::ErrorKind::OutOfMemory.into()));
+                        return Poll::Ready(Err(Refused::Budget.into()));
                     }
                     if this.ahead_at == this.ahead.len() {
                         this.ahead = Vec::new();
@@ -522,16 +566,28 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn frames_tungstenite_must_refuse_pass_whole() {
+    async fn frames_no_server_accepts_are_refused_at_their_header() {
         let big = vec![7u8; 10_000];
         let mut unmasked = frame(true, 1, &big);
         unmasked[1] &= 0x7f;
         unmasked.drain(4..8);
         let mut reserved = frame(true, 1, &big);
         reserved[0] |= 0x40;
-        for input in [unmasked, reserved] {
-            let out = through_gate(input.clone(), 0, usize::MAX).await.unwrap();
-            assert_eq!(out, input);
+        let long_ping = frame(true, 9, &[0; 126]);
+        let fragmented_ping = frame(false, 9, b"x");
+        let reserved_opcode = frame(true, 3, b"x");
+        for input in [
+            unmasked,
+            reserved,
+            long_ping,
+            fragmented_ping,
+            reserved_opcode,
+        ] {
+            let error = through_gate(input, 0, usize::MAX).await.unwrap_err();
+            assert!(
+                matches!(refusal(&error), Some(Refused::Protocol(_))),
+                "{error}"
+            );
         }
     }
 
@@ -539,7 +595,7 @@ mod tests {
     async fn a_message_past_the_budget_is_refused() {
         let input = frame(true, 1, &vec![b'x'; 20_000]);
         let refused = through_gate(input.clone(), 0, 8_000).await.unwrap_err();
-        assert!(is_budget_refusal(&refused));
+        assert_eq!(refusal(&refused), Some(Refused::Budget));
         assert!(through_gate(input, 0, 16_000).await.is_ok());
     }
 
@@ -548,16 +604,16 @@ mod tests {
         let mut splitter = Splitter::new(1 << 20);
         assert!(splitter.is_idle());
         let first = frame(false, 1, b"part");
-        splitter.push_header(&first[..2]);
+        splitter.push_header(&first[..2]).unwrap();
         assert!(!splitter.is_idle(), "half a header");
-        splitter.push_header(&first[2..6]);
+        splitter.push_header(&first[2..6]).unwrap();
         splitter.passed(4);
         assert!(!splitter.is_idle(), "the message is open");
         let ping = frame(true, 9, b"");
-        splitter.push_header(&ping);
+        splitter.push_header(&ping).unwrap();
         assert!(!splitter.is_idle(), "a ping does not finish it");
         let last = frame(true, 0, b"end");
-        splitter.push_header(&last[..6]);
+        splitter.push_header(&last[..6]).unwrap();
         splitter.passed(3);
         assert!(splitter.is_idle());
     }

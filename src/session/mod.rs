@@ -21,7 +21,7 @@ use crate::shared::Shared;
 use crate::shutdown::Shutdown;
 use chat::ChatSession;
 use clock::PeerClock;
-use gate::Gated;
+use gate::{Gated, Refused};
 use outbound::Socket;
 
 /// Runs an upgraded connection to its end.
@@ -117,13 +117,17 @@ fn ending_for(error: WsError, metrics: &Metrics) -> Ending {
             Ending::Close(CloseCode::Invalid, "text frame is not valid UTF-8")
         }
         WsError::Protocol(_) => Ending::Close(CloseCode::Protocol, "protocol error"),
-        WsError::Io(error) if gate::is_budget_refusal(&error) => {
-            metrics.inbound_refused();
-            Ending::Close(
-                CloseCode::Again,
-                "server busy: too many large messages at once",
-            )
-        }
+        WsError::Io(error) => match gate::refusal(&error) {
+            Some(Refused::Budget) => {
+                metrics.inbound_refused();
+                Ending::Close(
+                    CloseCode::Again,
+                    "server busy: too many large messages at once",
+                )
+            }
+            Some(Refused::Protocol(reason)) => Ending::Close(CloseCode::Protocol, reason),
+            None => Ending::Gone,
+        },
         _ => Ending::Gone,
     }
 }

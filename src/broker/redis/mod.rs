@@ -26,7 +26,7 @@ use tokio::time::{Instant, timeout, timeout_at};
 
 use super::feed::WeakFeed;
 use super::ledger::FrameLedger;
-use super::{Accepted, Membership, PAGE_BYTES, PAGE_FRAMES, Page, Resume, Unavailable};
+use super::{Accepted, Membership, PAGE_BYTES, PAGE_FRAMES, Page, PageFuture, Resume, Unavailable};
 use crate::config::Config;
 use crate::health::Health;
 use crate::metrics::Metrics;
@@ -57,7 +57,10 @@ struct Inner {
     reads: AsyncMutex<Option<MultiplexedConnection>>,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
+    /// Frames fanned out to members: what feeds hold (and deliveries on their way).
     frames: Arc<FrameLedger>,
+    /// Frames read for replays, which each session holds while it writes them.
+    pages: Arc<FrameLedger>,
     pubsub_up: AtomicBool,
     publisher_up: AtomicBool,
     send_queue: usize,
@@ -115,6 +118,7 @@ impl RedisBroker {
             health,
             metrics,
             frames: Arc::new(FrameLedger::default()),
+            pages: Arc::new(FrameLedger::default()),
             pubsub_up: AtomicBool::new(false),
             publisher_up: AtomicBool::new(false),
             send_queue: config.send_queue,
@@ -263,46 +267,57 @@ impl Member {
     }
 
     /// The next frames of a replay, read from the room's stream.
-    pub async fn replay_page(
-        &self,
-        epoch: &str,
-        after: u64,
-        until: u64,
-    ) -> Result<Page, Unavailable> {
-        let mut connection = self.inner.reader().await.map_err(|_| Unavailable)?;
-        let read = scripts::page(
-            &mut connection,
-            &self.inner,
-            &self.room,
-            epoch,
-            after,
-            until,
-            (PAGE_FRAMES, PAGE_BYTES),
-        );
-        let entries = match timeout(REDIS_TIMEOUT, read).await {
-            Ok(Ok(entries)) => entries,
-            Ok(Err(error)) if !is_outage(&error) => return Err(Unavailable),
-            _ => {
-                *self.inner.reads.lock().await = None;
-                return Err(Unavailable);
-            }
-        };
-        // The room moved to another epoch meanwhile: its live feed says so; the replay ends.
-        let Some(entries) = entries else {
-            return Ok(Page {
-                last: after,
-                ..Page::default()
-            });
-        };
-        let gap = entries.first().is_some_and(|(seq, _)| *seq > after + 1)
-            || (entries.is_empty() && after < until);
-        let last = entries.last().map_or(after, |(seq, _)| *seq);
-        Ok(Page {
-            frames: entries.into_iter().map(|(_, frame)| frame).collect(),
-            last,
-            gap,
-        })
+    pub fn replay_page(&self, epoch: String, after: u64, until: u64) -> PageFuture {
+        let inner = Arc::clone(&self.inner);
+        let room = Arc::clone(&self.room);
+        Box::pin(async move { read_page(&inner, &room, &epoch, after, until).await })
     }
+}
+
+async fn read_page(
+    inner: &Inner,
+    room: &str,
+    epoch: &str,
+    after: u64,
+    until: u64,
+) -> Result<Page, Unavailable> {
+    // Pages are copies; while they hold too much, resumers are told to come back later.
+    if inner.pages.alive() > inner.max_backlog_bytes {
+        return Err(Unavailable);
+    }
+    let mut connection = inner.reader().await.map_err(|_| Unavailable)?;
+    let read = scripts::page(
+        &mut connection,
+        inner,
+        room,
+        epoch,
+        after,
+        until,
+        (PAGE_FRAMES, PAGE_BYTES),
+    );
+    let entries = match timeout(REDIS_TIMEOUT, read).await {
+        Ok(Ok(entries)) => entries,
+        Ok(Err(error)) if !is_outage(&error) => return Err(Unavailable),
+        _ => {
+            *inner.reads.lock().await = None;
+            return Err(Unavailable);
+        }
+    };
+    // The room moved to another epoch meanwhile: its live feed says so; the replay ends.
+    let Some(entries) = entries else {
+        return Ok(Page {
+            last: after,
+            ..Page::default()
+        });
+    };
+    let gap = entries.first().is_some_and(|(seq, _)| *seq > after + 1)
+        || (entries.is_empty() && after < until);
+    let last = entries.last().map_or(after, |(seq, _)| *seq);
+    Ok(Page {
+        frames: entries.into_iter().map(|(_, frame)| frame).collect(),
+        last,
+        gap,
+    })
 }
 
 impl Drop for Member {

@@ -156,6 +156,7 @@ impl Publisher {
     ) -> bool {
         let queue = &self.inner.queue;
         let mut returned: Vec<Held> = Vec::new();
+        let mut given_up: Vec<Held> = Vec::new();
         let mut blocked_rooms: Vec<Arc<str>> = Vec::new();
         let mut needs_script = false;
         streak.retrying = false;
@@ -179,7 +180,7 @@ impl Publisher {
             let error = reply.as_ref().err();
             streak.note(error);
             let mut held = held;
-            let given_up = match outcome(reply) {
+            let give_up = match outcome(reply) {
                 Outcome::Failed => true,
                 Outcome::Retry => {
                     let since = *held.failing_since.get_or_insert_with(Instant::now);
@@ -188,17 +189,22 @@ impl Publisher {
                 _ => false,
             };
             blocked_rooms.push(Arc::clone(&held.room));
-            if given_up {
-                self.inner.metrics.publish_failed();
-                queue.settle(&held, false);
-                held.origin.settle(Err(Unavailable));
+            if give_up {
+                given_up.push(held);
             } else {
                 self.inner.metrics.publish_retried();
                 returned.push(held);
             }
         }
+        // Back in the queue first, so giving up renumbers every later publish of the room,
+        // these included: their predecessor was never applied.
         if !returned.is_empty() {
             queue.restore(returned);
+        }
+        for held in given_up {
+            self.inner.metrics.publish_failed();
+            queue.settle(&held, false);
+            held.origin.settle(Err(Unavailable));
         }
         if !streak.retrying && !needs_script {
             streak.end();

@@ -267,6 +267,24 @@ mod tests {
     }
 
     #[test]
+    fn giving_one_up_renumbers_what_was_sent_with_it() {
+        let queue = HoldQueue::new(100);
+        for n in 0..3 {
+            queue.push(held("r", &n.to_string())).unwrap();
+        }
+        let mut batch = queue.take(10, usize::MAX);
+        let later = batch.split_off(1);
+        // The first was refused for good; the two after it were refused as gaps.
+        queue.restore(later);
+        queue.settle(&batch[0], false);
+        queue.push(held("r", "3")).unwrap();
+        let retried = queue.take(10, usize::MAX);
+        assert_eq!(messages(&retried), ["r:1", "r:2", "r:3"]);
+        let chain: Vec<(u64, u64)> = retried.iter().map(|h| (h.number, h.previous)).collect();
+        assert_eq!(chain, [(4, 0), (5, 4), (6, 5)]);
+    }
+
+    #[test]
     fn giving_one_up_renumbers_what_follows() {
         let queue = HoldQueue::new(100);
         for n in 0..3 {

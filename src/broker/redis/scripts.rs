@@ -38,7 +38,9 @@ if last > 0 and tonumber(ARGV[10]) > last then
   return redis.error_reply('ROOMCAST_GAP an earlier publish from this room is not applied yet')
 end
 local epoch = redis.call('GET', KEYS[2])
-if not epoch then
+-- A room without an epoch is new; one that lost its seq (evicted apart) must not count
+-- from 1 again in the same epoch: both start a new one.
+if not epoch or redis.call('EXISTS', KEYS[1]) == 0 then
   epoch = ARGV[3]
   redis.call('SET', KEYS[2], epoch)
   redis.call('DEL', KEYS[1], KEYS[3], KEYS[5])
@@ -66,9 +68,17 @@ if max_entries > 0 then
     bytes = redis.call('DECRBY', KEYS[5], #oldest[2][2])
     length = length - 1
   end
-  if length == 1 then redis.call('SET', KEYS[5], #frame) end
+  if length == 1 then redis.call('SET', KEYS[5], #frame, 'KEEPTTL') end
 end
 redis.call('HSET', KEYS[4], ARGV[8], ARGV[9])
+-- One field per instance that ever published here: forget the oldest past a few dozen.
+if redis.call('HLEN', KEYS[4]) > 32 then
+  local oldest
+  for _, field in ipairs(redis.call('HKEYS', KEYS[4])) do
+    if field ~= ARGV[8] and (not oldest or field < oldest) then oldest = field end
+  end
+  redis.call('HDEL', KEYS[4], oldest)
+end
 -- Refresh the idle expiry once half of it has passed, not on every publish.
 if redis.call('TTL', KEYS[1]) < tonumber(ARGV[6]) / 2 then
   for i = 1, 5 do redis.call('EXPIRE', KEYS[i], ARGV[6]) end
@@ -89,11 +99,12 @@ if oldest then return {epoch, seq, oldest[1]} end
 return {epoch, seq}
 "#;
 
-/// Gives a room without an epoch a fresh one, and clears what an older life left.
+/// Gives a room without an epoch a fresh one at seq 0, and clears what an older life left.
 /// KEYS: seq, epoch, log, bytes. ARGV: fresh epoch, ttl seconds.
 const CREATE: &str = r#"#!lua
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'EX', ARGV[2]) then
-  redis.call('DEL', KEYS[1], KEYS[3], KEYS[4])
+  redis.call('DEL', KEYS[3], KEYS[4])
+  redis.call('SET', KEYS[1], 0, 'EX', ARGV[2])
 end
 return 1
 "#;
@@ -233,7 +244,7 @@ pub(super) async fn page(
             .filter_map(|(id, fields)| {
                 let seq = wire::entry_seq(&id)?;
                 let (_, frame) = fields.into_iter().next()?;
-                Some((seq, inner.frames.frame(frame)))
+                Some((seq, inner.pages.frame(frame)))
             })
             .collect()
     }))
