@@ -1,0 +1,67 @@
+//! The connection cap: past it a 503 with Retry-After, and service again when a slot frees.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use testkit::http::{Connection, Response};
+use testkit::{Endpoint, InProcess, WAIT};
+
+use super::{assert_error, exchange, get, get_and_close};
+
+/// A fresh `GET path` answered with anything but the 503 of the connection cap, polled for
+/// at most `WAIT`.
+async fn get_when_admitted(addr: SocketAddr, path: &str) -> Response {
+    let started = Instant::now();
+    loop {
+        let response = exchange(addr, &get_and_close(path)).await;
+        if response.status != 503 {
+            return response;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "still refused at the cap after {WAIT:?}: {response:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_connection_cap_answers_503_and_recovers() {
+    let server = InProcess::start(&[
+        ("ROOMCAST_MAX_CONNECTIONS", "2"),
+        ("ROOMCAST_HEAD_TIMEOUT_MS", "60000"),
+    ]);
+    // Two kept-alive connections, each answered once, so each surely holds a slot.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut client = Connection::open(server.addr()).await;
+        client.send(get("/healthz").as_bytes()).await;
+        assert_eq!(client.response(false).await.status, 200);
+        held.push(client);
+    }
+
+    let mut third = Connection::open(server.addr()).await;
+    let response = third.closing_response().await;
+    assert_error(&response, 503);
+    assert_eq!(response.header("retry-after"), Some("1"), "{response:?}");
+
+    // One slot frees up when a held connection closes.
+    drop(held.remove(0));
+    let response = get_when_admitted(server.addr(), "/healthz").await;
+    assert_eq!(response.status, 200, "{response:?}");
+
+    let metrics = get_when_admitted(server.addr(), "/metrics").await;
+    let rejected: u64 = metrics
+        .text()
+        .lines()
+        .find_map(|line| line.strip_prefix("roomcast_connections_rejected_total "))
+        .expect("roomcast_connections_rejected_total")
+        .parse()
+        .unwrap();
+    assert!(rejected >= 1, "{}", metrics.text());
+
+    // The connection still held was not disturbed.
+    let mut kept = held.remove(0);
+    kept.send(get("/readyz").as_bytes()).await;
+    assert_eq!(kept.response(false).await.status, 200);
+}
