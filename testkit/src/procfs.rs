@@ -24,19 +24,18 @@ pub fn status_field(pid: impl Display, field: &str) -> Option<String> {
 }
 
 /// (soft, hard) `RLIMIT_NOFILE`, from /proc/PID/limits.
-pub fn nofile_limits(pid: impl Display) -> (u64, u64) {
-    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap_or_default();
+pub fn nofile_limits(pid: impl Display) -> Option<(u64, u64)> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
     let line = limits
         .lines()
-        .find(|line| line.starts_with("Max open files"))
-        .unwrap_or("");
+        .find(|line| line.starts_with("Max open files"))?;
     let numbers: Vec<u64> = line
         .split_whitespace()
         .filter_map(|word| word.parse().ok())
         .collect();
     match numbers[..] {
-        [soft, hard, ..] => (soft, hard),
-        _ => (1024, 1024),
+        [soft, hard, ..] => Some((soft, hard)),
+        _ => None,
     }
 }
 

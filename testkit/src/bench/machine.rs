@@ -22,7 +22,9 @@ pub fn has_command(program: &str) -> bool {
 /// `prlimit` from util-linux since the benchmarks use no libc. Returns the soft limit now set.
 pub fn raise_nofile(need: u64) -> u64 {
     let me = std::process::id();
-    let (soft, hard) = procfs::nofile_limits(me);
+    // Linux's usual default where /proc cannot tell.
+    let limits = || procfs::nofile_limits(me).unwrap_or((1024, 1024));
+    let (soft, hard) = limits();
     if soft >= need {
         return soft;
     }
@@ -36,7 +38,7 @@ pub fn raise_nofile(need: u64) -> u64 {
     let status = Command::new("prlimit")
         .args(["--pid", &me.to_string(), &format!("--nofile={hard}:")])
         .status();
-    let (now, _) = procfs::nofile_limits(me);
+    let (now, _) = limits();
     if !status.is_ok_and(|s| s.success()) || now < need {
         fail(format!(
             "could not raise the fd limit from {soft} to {need} with prlimit; run `ulimit -n {hard}` first"
