@@ -15,7 +15,7 @@ use std::time::Duration;
 use testkit::haproxy::Haproxy;
 use testkit::net::loopback;
 use testkit::redis::RedisServer;
-use testkit::swap::{Deployment, Scenario, swap_under_traffic};
+use testkit::swap::{self, Deployment, Scenario};
 use testkit::{Endpoint, Roomcast, Server, free_port, http, metrics, wait};
 
 const MEMBERS: usize = 12;
@@ -45,20 +45,10 @@ fn clients_move_from_blue_to_green_without_losing_a_message() {
         settle: Duration::from_millis(700),
         finish_within: Duration::from_secs(30),
         stop_within: EXIT_LIMIT,
+        limit: Duration::from_secs(120),
+        workers: 2,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let report = runtime.block_on(async {
-        tokio::time::timeout(
-            Duration::from_secs(120),
-            swap_under_traffic(&scenario, &mut colours),
-        )
-        .await
-        .expect("the blue-green test took longer than 2 minutes")
-    });
+    let report = swap::run(&scenario, &mut colours);
     eprintln!(
         "bluegreen: {}; {} (swap {:?})",
         report.outcome, report.swap, report.swap_took

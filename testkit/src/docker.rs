@@ -57,6 +57,16 @@ pub fn inspect(id: &str, format: &str) -> String {
     docker(&["container", "inspect", "-f", format, id])
 }
 
+/// `docker run -d` of `image` as `name`, read-only, its port 8000 published on
+/// 127.0.0.1:`port`, with `options` before the image; the container's id.
+pub fn run_published(name: &str, image: &str, port: u16, options: &[&str]) -> String {
+    let publish = format!("127.0.0.1:{port}:8000");
+    let mut args = vec!["run", "-d", "--name", name, "--read-only", "-p", &publish];
+    args.extend_from_slice(options);
+    args.push(image);
+    docker(&args)
+}
+
 /// Waits until Docker reports the container healthy; fails early if it turns unhealthy or
 /// exits.
 pub fn wait_healthy(id: &str, limit: Duration) {

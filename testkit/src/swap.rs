@@ -2,9 +2,9 @@
 //! publisher, a swap from the live colour to the idle one, then the zero-loss check.
 //!
 //! A [`Deployment`] says how its colours start and stop (processes behind HAProxy, or compose
-//! and deploy/swap); [`swap_under_traffic`] does the rest, always in the same order. The
-//! deployment's methods block, so the scenario runs them with `block_in_place`: it needs a
-//! multi-threaded runtime, where the clients carry on on the other workers meanwhile.
+//! and deploy/swap); [`run`] does the rest, always in the same order. The deployment's
+//! methods block, so the scenario runs them with `block_in_place` on a multi-threaded runtime
+//! of its own, where the clients carry on on the other workers meanwhile.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -54,6 +54,10 @@ pub struct Scenario {
     pub finish_within: Duration,
     /// How long the clients may take to end after the final stop began.
     pub stop_within: Duration,
+    /// The whole scenario's bound.
+    pub limit: Duration,
+    /// Runtime worker threads; at least two, since the deployment blocks one at times.
+    pub workers: usize,
 }
 
 /// What the scenario saw, for the test to print.
@@ -66,10 +70,24 @@ pub struct Report {
     pub stop: String,
 }
 
+/// Runs the scenario on a runtime of its own, failing the test after `scenario.limit`.
+pub fn run(scenario: &Scenario, deployment: &mut impl Deployment) -> Report {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(scenario.workers.max(2))
+        .enable_all()
+        .build()
+        .expect("a runtime for the clients");
+    runtime.block_on(async {
+        tokio::time::timeout(scenario.limit, swap_under_traffic(scenario, deployment))
+            .await
+            .unwrap_or_else(|_| panic!("the swap took longer than {:?} in all", scenario.limit))
+    })
+}
+
 /// Connects every client through the proxy, starts publishing, swaps, stops publishing and
 /// waits for every client to catch up, stops the new colour with the clients on it, and
 /// checks that every client saw every message exactly once.
-pub async fn swap_under_traffic(scenario: &Scenario, deployment: &mut impl Deployment) -> Report {
+async fn swap_under_traffic(scenario: &Scenario, deployment: &mut impl Deployment) -> Report {
     let clients = scenario.members as u64 + 1;
     let traffic = Traffic::connect(
         scenario.proxy,

@@ -24,8 +24,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use testkit::docker::{Containers, Image, docker, docker_output, inspect, wait_healthy};
-use testkit::swap::{Scenario, swap_under_traffic};
+use testkit::docker::{self, Containers, Image, docker, docker_output, inspect, wait_healthy};
+use testkit::swap::{self, Scenario};
 use testkit::{free_port, http, procfs, skip_or_fail, tools};
 
 use colours::Colours;
@@ -103,22 +103,15 @@ fn image_is_small_non_root_read_only_and_healthy() {
     let mut containers = Containers::default();
     let port = free_port();
     let name = containers.name("single");
-    docker(&[
-        "run",
-        "-d",
-        "--name",
-        &name,
-        "--read-only",
+    let options = [
         "--cap-drop",
         "ALL",
         "--security-opt",
         "no-new-privileges",
         "--health-interval",
         "500ms",
-        "-p",
-        &format!("127.0.0.1:{port}:8000"),
-        image.tag(),
-    ]);
+    ];
+    docker::run_published(&name, image.tag(), port, &options);
     wait_healthy(&name, Duration::from_secs(30));
     assert_eq!(inspect(&name, "{{.HostConfig.ReadonlyRootfs}}"), "true");
     let pid = inspect(&name, "{{.State.Pid}}");
@@ -193,20 +186,10 @@ fn compose_swap_moves_every_client_to_green_without_loss() {
         settle: Duration::from_secs(1),
         finish_within: Duration::from_secs(60),
         stop_within: GRACE,
+        limit: Duration::from_secs(300),
+        workers: 3,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(3)
-        .enable_all()
-        .build()
-        .unwrap();
-    let report = runtime.block_on(async {
-        tokio::time::timeout(
-            Duration::from_secs(300),
-            swap_under_traffic(&scenario, &mut colours),
-        )
-        .await
-        .expect("the compose test took longer than 5 minutes")
-    });
+    let report = swap::run(&scenario, &mut colours);
     eprintln!("containers: deploy/swap under traffic:\n  {}", report.swap);
     eprintln!(
         "containers: swap took {:.1?} (deploy/swap, start to old colour stopped); {}; {}",
