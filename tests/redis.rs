@@ -32,9 +32,12 @@ async fn welcome(ws: &mut Ws) -> Value {
 
 /// Polls until `check` holds, failing after `WAIT`.
 async fn eventually(what: &str, check: impl Fn() -> bool) {
-    wait::until(what, WAIT, async || match check() {
-        true => Ok(()),
-        false => Err("not yet".into()),
+    wait::until(what, WAIT, async || {
+        if check() {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
     })
     .await
 }
