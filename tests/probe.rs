@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use testkit::{Endpoint, InProcess, Roomcast, WAIT, http};
+use testkit::{Endpoint, InProcess, Roomcast, WAIT, http, wait};
 
 /// The probe's own limit is 1 s; this is a bound on a hang, not a benchmark.
 const PROBE_BOUND: Duration = Duration::from_secs(3);
@@ -162,14 +162,13 @@ async fn exits_1_on_a_server_in_its_shutdown_delay() {
     let mut server = InProcess::start(&[("ROOMCAST_SHUTDOWN_DELAY_MS", "5000")]);
     let url = format!("http://{}/readyz", server.addr());
     server.begin_shutdown();
-    let started = Instant::now();
-    while http::get(server.addr(), "/readyz").await.status != 503 {
-        assert!(
-            started.elapsed() < WAIT,
-            "/readyz still 200 after the shutdown began"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait::until("/readyz to turn 503", WAIT, async || {
+        match http::get(server.addr(), "/readyz").await.status {
+            503 => Ok(()),
+            status => Err(format!("it answers {status}")),
+        }
+    })
+    .await;
     let (output, elapsed) = probe(&[&url], &[]);
     assert_fails(&output, elapsed, "a draining server");
     // /healthz is still 200 then, and the probe says so.

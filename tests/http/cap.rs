@@ -1,28 +1,24 @@
 //! The connection cap: past it a 503 with Retry-After, and service again when a slot frees.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
 
 use testkit::http::{Connection, Response};
-use testkit::{Endpoint, InProcess, WAIT};
+use testkit::{Endpoint, InProcess, WAIT, metrics, wait};
 
 use super::{assert_error, exchange, get, get_and_close};
 
 /// A fresh `GET path` answered with anything but the 503 of the connection cap, polled for
 /// at most `WAIT`.
 async fn get_when_admitted(addr: SocketAddr, path: &str) -> Response {
-    let started = Instant::now();
-    loop {
-        let response = exchange(addr, &get_and_close(path)).await;
-        if response.status != 503 {
-            return response;
-        }
-        assert!(
-            started.elapsed() < WAIT,
-            "still refused at the cap after {WAIT:?}: {response:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait::until(
+        &format!("GET {path} under the cap"),
+        WAIT,
+        async || match exchange(addr, &get_and_close(path)).await {
+            response if response.status == 503 => Err(format!("{response:?}")),
+            response => Ok(response),
+        },
+    )
+    .await
 }
 
 #[tokio::test]
@@ -50,15 +46,10 @@ async fn the_connection_cap_answers_503_and_recovers() {
     let response = get_when_admitted(server.addr(), "/healthz").await;
     assert_eq!(response.status, 200, "{response:?}");
 
-    let metrics = get_when_admitted(server.addr(), "/metrics").await;
-    let rejected: u64 = metrics
-        .text()
-        .lines()
-        .find_map(|line| line.strip_prefix("roomcast_connections_rejected_total "))
-        .expect("roomcast_connections_rejected_total")
-        .parse()
-        .unwrap();
-    assert!(rejected >= 1, "{}", metrics.text());
+    let page = get_when_admitted(server.addr(), "/metrics").await;
+    let rejected = metrics::sample(&page.text(), "roomcast_connections_rejected_total")
+        .expect("roomcast_connections_rejected_total");
+    assert!(rejected >= 1, "{}", page.text());
 
     // The connection still held was not disturbed.
     let mut kept = held.remove(0);

@@ -1,10 +1,8 @@
 //! Fixed responses byte for byte, HEAD, keep-alive and pipelining, metrics, the page, and
 //! readiness during the shutdown delay.
 
-use std::time::{Duration, Instant};
-
 use testkit::http::{Connection, Response};
-use testkit::{Endpoint, InProcess, WAIT};
+use testkit::{Endpoint, InProcess, WAIT, wait};
 
 use super::{HEALTHZ, assert_error, assert_still_serving, exchange, get, get_and_close};
 
@@ -255,18 +253,15 @@ async fn readyz_turns_503_during_the_shutdown_delay_while_healthz_stays_200() {
     assert_eq!(response.status, 200, "ready before the shutdown");
 
     server.begin_shutdown();
-    let started = Instant::now();
-    let not_ready = loop {
-        let response = exchange(server.addr(), &get_and_close("/readyz")).await;
-        if response.status != 200 {
-            break response;
-        }
-        assert!(
-            started.elapsed() < WAIT,
-            "/readyz still 200 after the shutdown began"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let not_ready = wait::until(
+        "/readyz to change after the shutdown began",
+        WAIT,
+        async || match exchange(server.addr(), &get_and_close("/readyz")).await {
+            response if response.status == 200 => Err("still 200".into()),
+            response => Ok(response),
+        },
+    )
+    .await;
     assert_eq!(not_ready.status, 503, "{not_ready:?}");
     assert_eq!(not_ready.text(), r#"{"ready":false}"#);
     assert_eq!(not_ready.header("cache-control"), Some("no-store"));
