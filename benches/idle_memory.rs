@@ -7,20 +7,18 @@
 //! all in `roomcast_websockets_open`, reads VmRSS again, closes them, reads it a third time,
 //! then kills the server by its PID. Also reports the binary's size.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use futures_util::stream;
-use tokio::net::TcpStream;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use common::{Args, Server, ServerSpec, count, fail, print_table_with, status_kib};
-
-type Ws = WebSocketStream<TcpStream>;
+use testkit::bench::{self, Args, count, fail, print_table_with};
+use testkit::process::Listening;
+use testkit::procfs::status_kib;
+use testkit::ws::{TunedWs, connect_tuned};
+use testkit::{Endpoint, Roomcast, Server, metrics, paths};
 
 const USAGE: &str = "\
 idle memory: roomcast's RSS after start and with C idle chat connections
@@ -46,12 +44,12 @@ fn main() {
     if conns == 0 {
         fail("--conns must be at least 1");
     }
-    let bin = common::roomcast_bin();
-    common::print_machine("idle memory");
-    common::print_binary(&bin);
+    let bin = paths::static_binary().unwrap_or_else(|error| fail(error));
+    bench::print_machine("idle memory");
+    bench::print_binary(&bin);
 
     // The bench holds one fd per connection and so does the server, which inherits the limit.
-    let fds = common::raise_nofile(conns as u64 + 256);
+    let fds = bench::raise_nofile(conns as u64 + 256);
     let mut env = vec![(
         "ROOMCAST_MAX_CONNECTIONS".to_string(),
         (conns + 100).max(20_000).to_string(),
@@ -70,14 +68,14 @@ fn main() {
     );
     println!();
 
-    let spec = ServerSpec {
-        bin: bin.clone(),
-        env,
-        cpu: None,
-    };
-    let server = Server::start(&spec).unwrap_or_else(|error| fail(error));
+    let server = Roomcast::binary(&bin)
+        .env("ROOMCAST_ADDR", "127.0.0.1:0")
+        .env("ROOMCAST_LOG", "info")
+        .envs(&env)
+        .spawn()
+        .unwrap_or_else(|error| fail(error));
     std::thread::sleep(settle);
-    let start = Reading::of(server.pid);
+    let start = Reading::of(server.pid());
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -86,23 +84,27 @@ fn main() {
         .unwrap_or_else(|e| fail(format!("cannot build the runtime: {e}")));
     let connecting = Instant::now();
     let sockets = runtime
-        .block_on(open_all(server.addr, conns, rooms))
+        .block_on(open_all(server.addr(), conns, rooms))
         .unwrap_or_else(|error| fail(error));
     wait_for_open(&server, conns as u64, Duration::from_secs(60));
     let connect_secs = connecting.elapsed().as_secs_f64();
     std::thread::sleep(settle);
-    let loaded = Reading::of(server.pid);
+    let loaded = Reading::of(server.pid());
     let own_rss = status_kib(std::process::id(), "VmRSS").unwrap_or(0);
 
     drop(sockets);
     wait_for_open(&server, 0, Duration::from_secs(30));
     std::thread::sleep(settle);
-    let after = Reading::of(server.pid);
-    let log = server.log_lines();
+    let after = Reading::of(server.pid());
+    let log: Vec<String> = server
+        .logs()
+        .into_iter()
+        .filter(|line| Listening::parse(line).is_none())
+        .collect();
     drop(server);
 
     let per_conn = (loaded.rss as f64 - start.rss as f64) / conns as f64;
-    let size = common::file_size(&bin);
+    let size = bench::file_size(&bin);
     let kib = |k: u64| format!("{} KiB ({:.2} MiB)", count(k), k as f64 / 1024.0);
     let rows = vec![
         vec![
@@ -173,25 +175,16 @@ impl Reading {
     }
 }
 
-async fn open_all(addr: SocketAddr, conns: usize, rooms: usize) -> Result<Vec<Ws>, String> {
+async fn open_all(addr: SocketAddr, conns: usize, rooms: usize) -> Result<Vec<TunedWs>, String> {
     // Small client buffers: the bench holds as many connections as the server.
     let config = WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0);
     let results = stream::iter((0..conns).map(|i| async move {
-        let url = format!("ws://{addr}/ws/chat/idle-{}/", i % rooms);
-        let attempt = async {
-            let stream = TcpStream::connect(addr)
-                .await
-                .map_err(|e| format!("connection {i}: {e}"))?;
-            let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
-                .await
-                .map_err(|e| format!("connection {i}: {e}"))?;
-            Ok::<_, String>(ws)
-        };
-        tokio::time::timeout(Duration::from_secs(10), attempt)
+        let path = format!("/ws/chat/idle-{}/", i % rooms);
+        connect_tuned(addr, &path, config)
             .await
-            .map_err(|_| format!("connection {i}: no handshake within 10 s"))?
+            .map_err(|error| format!("connection {i}: {error}"))
     }))
     .buffer_unordered(128)
     .collect::<Vec<_>>()
@@ -202,7 +195,7 @@ async fn open_all(addr: SocketAddr, conns: usize, rooms: usize) -> Result<Vec<Ws
 fn wait_for_open(server: &Server, want: u64, limit: Duration) {
     let started = Instant::now();
     loop {
-        let open = server.metric("roomcast_websockets_open");
+        let open = metrics::read_blocking(server.addr(), "roomcast_websockets_open");
         if open == Some(want) {
             return;
         }

@@ -1,14 +1,12 @@
-//! The chat WebSocket against the real binary with the embedded broker.
-
-mod common;
+//! The chat WebSocket with the embedded broker: a server in this process, real clients over
+//! loopback.
 
 use std::time::Duration;
 
-use common::{
-    Server, Ws, chat, connect, expect_close, http_raw, next_message, recv_json, send_chat,
-};
 use futures_util::SinkExt;
 use serde_json::Value;
+use testkit::ws::{Ws, chat, connect, expect_close, next_message, recv_json, send_chat};
+use testkit::{Endpoint, InProcess, http};
 use tokio_tungstenite::tungstenite::Message;
 
 async fn welcome(ws: &mut Ws) -> Value {
@@ -20,7 +18,7 @@ async fn welcome(ws: &mut Ws) -> Value {
 
 #[tokio::test]
 async fn every_member_sender_included_gets_each_message_with_its_seq() {
-    let server = Server::start(&[]);
+    let server = InProcess::start(&[]);
     let url = server.ws_url("/ws/chat/lobby/");
     let mut alice = connect(&url, false).await;
     let mut bob = connect(&url, false).await;
@@ -44,7 +42,7 @@ async fn every_member_sender_included_gets_each_message_with_its_seq() {
 
 #[tokio::test]
 async fn extra_keys_are_ignored_like_channels_does() {
-    let server = Server::start(&[]);
+    let server = InProcess::start(&[]);
     let mut ws = connect(&server.ws_url("/ws/chat/lobby"), false).await;
     ws.send(Message::text(
         r#"{"message":"hi","user":"x","extra":[1,2]}"#,
@@ -62,7 +60,7 @@ async fn extra_keys_are_ignored_like_channels_does() {
 
 #[tokio::test]
 async fn rooms_are_isolated_and_each_keeps_its_own_order() {
-    let server = Server::start(&[]);
+    let server = InProcess::start(&[]);
     let mut rooms = Vec::new();
     for room in ["red", "green", "blue"] {
         let url = server.ws_url(&format!("/ws/chat/{room}/"));
@@ -128,7 +126,7 @@ async fn rooms_are_isolated_and_each_keeps_its_own_order() {
 #[tokio::test]
 async fn many_clients_in_one_room_all_receive_everything() {
     // 100 clients from one address: above the default per-address upgrade burst.
-    let server = Server::start(&[("ROOMCAST_UPGRADE_BURST", "200")]);
+    let server = InProcess::start(&[("ROOMCAST_UPGRADE_BURST", "200")]);
     let url = server.ws_url("/ws/chat/crowd/");
     let mut members = Vec::new();
     for _ in 0..100 {
@@ -152,7 +150,7 @@ async fn many_clients_in_one_room_all_receive_everything() {
 
 #[tokio::test]
 async fn extended_clients_get_a_welcome_and_resume_with_since() {
-    let server = Server::start(&[("ROOMCAST_HISTORY", "5")]);
+    let server = InProcess::start(&[("ROOMCAST_HISTORY", "5")]);
     let url = server.ws_url("/ws/chat/resume/");
     let mut keeper = connect(&url, true).await;
     let hello = welcome(&mut keeper).await;
@@ -205,7 +203,7 @@ async fn extended_clients_get_a_welcome_and_resume_with_since() {
 
 #[tokio::test]
 async fn a_room_emptied_and_recreated_starts_a_new_epoch() {
-    let server = Server::start(&[]);
+    let server = InProcess::start(&[]);
     let url = server.ws_url("/ws/chat/fleeting/");
     let mut first = connect(&url, true).await;
     let epoch = welcome(&mut first).await["epoch"]
@@ -231,7 +229,7 @@ async fn a_room_emptied_and_recreated_starts_a_new_epoch() {
 
 #[tokio::test]
 async fn invalid_json_closes_plain_clients_with_1007_and_others_carry_on() {
-    let server = Server::start(&[]);
+    let server = InProcess::start(&[]);
     let url = server.ws_url("/ws/chat/strict/");
     let mut bystander = connect(&url, false).await;
     for bad in ["not json", r#"{"message": 42}"#, r#"{"text": "hi"}"#, "[]"] {
@@ -247,7 +245,7 @@ async fn invalid_json_closes_plain_clients_with_1007_and_others_carry_on() {
 
 #[tokio::test]
 async fn extended_clients_get_error_frames_and_stay_connected() {
-    let server = Server::start(&[]);
+    let server = InProcess::start(&[]);
     let mut ws = connect(&server.ws_url("/ws/chat/lenient/"), true).await;
     welcome(&mut ws).await;
     ws.send(Message::text("{oops")).await.unwrap();
@@ -267,7 +265,7 @@ async fn extended_clients_get_error_frames_and_stay_connected() {
 
 #[tokio::test]
 async fn binary_frames_close_with_1003() {
-    let server = Server::start(&[]);
+    let server = InProcess::start(&[]);
     let mut ws = connect(&server.ws_url("/ws/chat/text-only/"), true).await;
     welcome(&mut ws).await;
     ws.send(Message::binary(vec![1, 2, 3])).await.unwrap();
@@ -276,7 +274,7 @@ async fn binary_frames_close_with_1003() {
 
 #[tokio::test]
 async fn oversized_messages_close_with_1009() {
-    let server = Server::start(&[("ROOMCAST_MAX_MESSAGE_BYTES", "1024")]);
+    let server = InProcess::start(&[("ROOMCAST_MAX_MESSAGE_BYTES", "1024")]);
     let url = server.ws_url("/ws/chat/small/");
     let mut bystander = connect(&url, false).await;
     let mut ws = connect(&url, false).await;
@@ -288,22 +286,22 @@ async fn oversized_messages_close_with_1009() {
 
 #[tokio::test]
 async fn bad_room_names_are_not_found() {
-    let server = Server::start(&[]);
+    let server = InProcess::start(&[]);
     let long = "r".repeat(101);
     for room in ["bad%20room", "a,b", "caf%C3%A9", long.as_str()] {
         let request = format!(
             "GET /ws/chat/{room}/ HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
         );
-        let response = http_raw(server.addr, request.as_bytes()).await;
-        assert!(response.starts_with("HTTP/1.1 404"), "{room}: {response}");
+        let response = http::exchange(server.addr(), request.as_bytes()).await;
+        assert_eq!(response.status, 404, "{room}: {response:?}");
     }
 }
 
 #[tokio::test]
 async fn a_slow_reader_is_closed_while_the_others_keep_up() {
     // The publisher floods on purpose, far above the default publish rate.
-    let server = Server::start(&[
+    let server = InProcess::start(&[
         ("ROOMCAST_SEND_QUEUE", "8"),
         ("ROOMCAST_HISTORY", "0"),
         ("ROOMCAST_RATE", "100000"),
@@ -348,7 +346,7 @@ async fn a_slow_reader_is_closed_while_the_others_keep_up() {
 
 #[tokio::test]
 async fn the_heartbeat_drops_a_silent_peer() {
-    let server = Server::start(&[
+    let server = InProcess::start(&[
         ("ROOMCAST_HEARTBEAT_MS", "100"),
         ("ROOMCAST_PEER_TIMEOUT_MS", "400"),
     ]);

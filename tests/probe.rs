@@ -1,6 +1,7 @@
-//! `roomcast probe [URL]`: exit 0 on a 200, exit 1 on anything else, within about a second.
-
-mod common;
+//! The command line: `roomcast probe [URL]` exits 0 on a 200 and 1 on anything else, within
+//! about a second; bad configuration and unknown arguments exit 64; `--version` and `--help`.
+//!
+//! The probe and the command line are the binary's; the servers it probes run in this process.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -9,17 +10,25 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{Server, WAIT};
+use testkit::{Endpoint, InProcess, Roomcast, WAIT, http, wait};
 
 /// The probe's own limit is 1 s; this is a bound on a hang, not a benchmark.
 const PROBE_BOUND: Duration = Duration::from_secs(3);
+
+/// Runs `roomcast ARGS` with only `env`.
+fn roomcast(args: &[&str], env: &[(&str, &str)]) -> (Output, Duration) {
+    Roomcast::binary(env!("CARGO_BIN_EXE_roomcast"))
+        .args(args)
+        .envs(env)
+        .run_to_exit()
+}
 
 /// Runs `roomcast probe ARGS` with only `env`.
 fn probe(args: &[&str], env: &[(&str, &str)]) -> (Output, Duration) {
     let args: Vec<&str> = std::iter::once("probe")
         .chain(args.iter().copied())
         .collect();
-    common::run_to_exit(&args, env)
+    roomcast(&args, env)
 }
 
 fn assert_exit(output: &Output, code: i32, what: &str) {
@@ -120,8 +129,8 @@ impl Drop for FakeServer {
 
 #[test]
 fn exits_0_on_a_ready_server() {
-    let server = Server::start(&[]);
-    let url = format!("http://{}/readyz", server.addr);
+    let server = InProcess::start(&[]);
+    let url = format!("http://{}/readyz", server.addr());
     let (output, elapsed) = probe(&[&url], &[]);
     assert_exit(&output, 0, &url);
     assert!(elapsed < PROBE_BOUND, "took {elapsed:?}");
@@ -129,8 +138,8 @@ fn exits_0_on_a_ready_server() {
 
 #[test]
 fn without_a_url_probes_readyz_on_the_port_of_roomcast_addr() {
-    let server = Server::start(&[]);
-    let addr = format!("127.0.0.1:{}", server.addr.port());
+    let server = InProcess::start(&[]);
+    let addr = format!("127.0.0.1:{}", server.addr().port());
     let (output, _) = probe(&[], &[("ROOMCAST_ADDR", &addr)]);
     assert_exit(&output, 0, "ROOMCAST_ADDR of a ready server");
 
@@ -150,24 +159,23 @@ fn without_a_url_probes_readyz_on_the_port_of_roomcast_addr() {
 
 #[tokio::test]
 async fn exits_1_on_a_server_in_its_shutdown_delay() {
-    let mut server = Server::start(&[("ROOMCAST_SHUTDOWN_DELAY_MS", "5000")]);
-    let url = format!("http://{}/readyz", server.addr);
-    server.signal("TERM");
-    let started = Instant::now();
-    while !common::http_get(server.addr, "/readyz")
-        .await
-        .starts_with("HTTP/1.1 503 ")
-    {
-        assert!(started.elapsed() < WAIT, "/readyz still 200 after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let mut server = InProcess::start(&[("ROOMCAST_SHUTDOWN_DELAY_MS", "5000")]);
+    let url = format!("http://{}/readyz", server.addr());
+    server.begin_shutdown();
+    wait::until("/readyz to turn 503", WAIT, async || {
+        match http::get(server.addr(), "/readyz").await.status {
+            503 => Ok(()),
+            status => Err(format!("it answers {status}")),
+        }
+    })
+    .await;
     let (output, elapsed) = probe(&[&url], &[]);
     assert_fails(&output, elapsed, "a draining server");
     // /healthz is still 200 then, and the probe says so.
-    let (output, _) = probe(&[&format!("http://{}/healthz", server.addr)], &[]);
+    let (output, _) = probe(&[&format!("http://{}/healthz", server.addr())], &[]);
     assert_exit(&output, 0, "healthz of a draining server");
-    let (status, _) = server.wait_exit(WAIT);
-    assert_eq!(status.code(), Some(0));
+    let result = server.join(WAIT);
+    assert!(result.is_ok(), "run returned {result:?}");
 }
 
 #[test]
@@ -215,4 +223,47 @@ fn exits_1_on_a_malformed_url() {
         let (output, elapsed) = probe(&[url], &[]);
         assert_fails(&output, elapsed, url);
     }
+}
+
+#[test]
+fn bad_configuration_exits_64_and_names_the_variable() {
+    for (name, value) in [
+        ("ROOMCAST_MAX_CONNECTIONS", "lots"),
+        ("ROOMCAST_HEAD_TIMEOUT_MS", "soon"),
+        ("ROOMCAST_ECHO", "maybe"),
+    ] {
+        let (output, _) = roomcast(&[], &[("ROOMCAST_ADDR", "127.0.0.1:0"), (name, value)]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "{name}={value}: {stderr}");
+        assert!(stderr.contains(name), "{name}={value}: {stderr}");
+    }
+}
+
+#[test]
+fn an_unknown_subcommand_exits_64() {
+    for args in [&["frobnicate"][..], &["serve", "extra"], &["--nope"]] {
+        let (output, _) = roomcast(args, &[("ROOMCAST_ADDR", "127.0.0.1:0")]);
+        assert_eq!(
+            output.status.code(),
+            Some(64),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+#[test]
+fn version_and_help_exit_0() {
+    let (output, _) = roomcast(&["--version"], &[]);
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        format!("roomcast {}", env!("CARGO_PKG_VERSION"))
+    );
+
+    let (output, _) = roomcast(&["--help"], &[]);
+    assert_eq!(output.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(help.contains("usage"), "{help}");
+    assert!(help.contains("probe"), "{help}");
 }

@@ -1,34 +1,28 @@
-//! The Redis broker: several real roomcast processes on one real redis-server.
-
-mod common;
+//! The Redis broker: several roomcast servers on one real redis-server. They run in this
+//! process, each with its own runtime and broker, except where a test reads the log.
+//!
+//! Needs `redis-server` (`apt-get install -y redis-server`); without it the tests are
+//! skipped, or fail when `CI` is set.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::redis::{RedisServer, redis_available};
-use common::{
-    Server, WAIT, Ws, chat, connect, expect_close, http_get, next_message, recv_json, send_chat,
-};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
+use testkit::redis::RedisServer;
+use testkit::ws::{Ws, chat, connect, expect_close, next_message, recv_json, send_chat};
+use testkit::{Endpoint, InProcess, Server, WAIT, http, wait};
 use tokio_tungstenite::tungstenite::Message;
-
-macro_rules! require_redis {
-    ($name:expr) => {
-        if !redis_available($name) {
-            return;
-        }
-    };
-}
 
 /// For tests that publish as fast as they can, far above the default publish rate.
 const FLOOD: &[(&str, &str)] = &[("ROOMCAST_RATE", "100000"), ("ROOMCAST_BURST", "100000")];
 
-async fn instance(redis: &RedisServer, extra: &[(&str, &str)]) -> Server {
+/// A server on `redis`, once it is ready.
+async fn instance(redis: &RedisServer, extra: &[(&str, &str)]) -> InProcess {
     let url = redis.url();
     let mut env = vec![("ROOMCAST_REDIS_URL", url.as_str())];
     env.extend_from_slice(extra);
-    let server = Server::start(&env);
+    let server = InProcess::start(&env);
     server.wait_metric("roomcast_ready", 1).await;
     server
 }
@@ -40,17 +34,22 @@ async fn welcome(ws: &mut Ws) -> Value {
 }
 
 /// Polls until `check` holds, failing after `WAIT`.
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !check() {
-        assert!(started.elapsed() < WAIT, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+async fn eventually(what: &str, check: impl Fn() -> bool) {
+    wait::until(what, WAIT, async || {
+        if check() {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
+    })
+    .await
 }
 
 #[tokio::test]
 async fn messages_cross_instances_with_one_seq() {
-    require_redis!("messages_cross_instances_with_one_seq");
+    if !RedisServer::available() {
+        return;
+    }
     let redis = RedisServer::start();
     let (a, b) = (instance(&redis, FLOOD).await, instance(&redis, FLOOD).await);
     let mut on_a = connect(&a.ws_url("/ws/chat/shared/"), false).await;
@@ -70,7 +69,9 @@ async fn messages_cross_instances_with_one_seq() {
 
 #[tokio::test]
 async fn publishers_on_every_instance_share_one_total_order() {
-    require_redis!("publishers_on_every_instance_share_one_total_order");
+    if !RedisServer::available() {
+        return;
+    }
     let redis = RedisServer::start();
     let instances = [
         instance(&redis, FLOOD).await,
@@ -129,7 +130,9 @@ async fn publishers_on_every_instance_share_one_total_order() {
 
 #[tokio::test]
 async fn resume_on_another_instance_replays_from_the_shared_history() {
-    require_redis!("resume_on_another_instance_replays_from_the_shared_history");
+    if !RedisServer::available() {
+        return;
+    }
     let redis = RedisServer::start();
     let (a, b) = (instance(&redis, FLOOD).await, instance(&redis, FLOOD).await);
     let mut writer = connect(&a.ws_url("/ws/chat/history/"), true).await;
@@ -160,7 +163,9 @@ async fn resume_on_another_instance_replays_from_the_shared_history() {
 
 #[tokio::test]
 async fn a_flushed_redis_starts_a_new_epoch_and_clients_are_told() {
-    require_redis!("a_flushed_redis_starts_a_new_epoch_and_clients_are_told");
+    if !RedisServer::available() {
+        return;
+    }
     let redis = RedisServer::start();
     let server = instance(&redis, &[]).await;
     let url = server.ws_url("/ws/chat/flushed/");
@@ -195,7 +200,9 @@ async fn a_flushed_redis_starts_a_new_epoch_and_clients_are_told() {
 
 #[tokio::test]
 async fn rooms_are_unsubscribed_when_their_last_member_leaves_and_keys_expire() {
-    require_redis!("rooms_are_unsubscribed_when_their_last_member_leaves_and_keys_expire");
+    if !RedisServer::available() {
+        return;
+    }
     let redis = RedisServer::start();
     let server = instance(&redis, &[("ROOMCAST_ROOM_TTL_SECS", "1")]).await;
     let mut ws = connect(&server.ws_url("/ws/chat/brief/"), false).await;
@@ -244,9 +251,20 @@ async fn collect_until(ws: &mut Ws, last: u64, seen: &mut Vec<u64>) {
 
 #[tokio::test]
 async fn pubsub_kills_and_redis_restarts_lose_nothing() {
-    require_redis!("pubsub_kills_and_redis_restarts_lose_nothing");
+    if !RedisServer::available() {
+        return;
+    }
     let mut redis = RedisServer::start();
-    let (a, b) = (instance(&redis, FLOOD).await, instance(&redis, FLOOD).await);
+    // Processes: the test reads a's log.
+    let url = redis.url();
+    let env = [
+        ("ROOMCAST_REDIS_URL", url.as_str()),
+        ("ROOMCAST_RATE", "100000"),
+        ("ROOMCAST_BURST", "100000"),
+    ];
+    let (a, b) = (Server::start(&env), Server::start(&env));
+    a.wait_metric("roomcast_ready", 1).await;
+    b.wait_metric("roomcast_ready", 1).await;
     let mut members = Vec::new();
     for server in [&a, &b] {
         for _ in 0..2 {
@@ -315,11 +333,7 @@ async fn pubsub_kills_and_redis_restarts_lose_nothing() {
     redis.stop();
     a.wait_metric("roomcast_ready", 0).await;
     b.wait_metric("roomcast_ready", 0).await;
-    assert!(
-        http_get(a.addr, "/healthz")
-            .await
-            .starts_with("HTTP/1.1 200")
-    );
+    assert_eq!(http::get(a.addr(), "/healthz").await.status, 200);
     tokio::time::sleep(Duration::from_millis(300)).await;
     redis.restart();
     a.wait_metric("roomcast_ready", 1).await;
@@ -336,49 +350,35 @@ async fn pubsub_kills_and_redis_restarts_lose_nothing() {
 
 #[tokio::test]
 async fn without_redis_the_server_starts_unready_and_becomes_ready_when_it_answers() {
-    require_redis!("without_redis_the_server_starts_unready_and_becomes_ready_when_it_answers");
-    let port = common::free_port();
+    if !RedisServer::available() {
+        return;
+    }
+    let port = testkit::free_port();
     let url = format!("redis://127.0.0.1:{port}");
-    let server = Server::start(&[("ROOMCAST_REDIS_URL", url.as_str())]);
-    assert!(
-        http_get(server.addr, "/readyz")
-            .await
-            .starts_with("HTTP/1.1 503")
-    );
+    let server = InProcess::start(&[("ROOMCAST_REDIS_URL", url.as_str())]);
+    assert_eq!(http::get(server.addr(), "/readyz").await.status, 503);
     let upgrade = "GET /ws/chat/early/ HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
-    let refused = common::http_raw(server.addr, upgrade.as_bytes()).await;
-    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    let refused = http::exchange(server.addr(), upgrade.as_bytes()).await;
+    assert_eq!(refused.status, 503, "{refused:?}");
 
     // Bring Redis up on the port the server is already trying.
-    let dir = std::env::temp_dir().join(format!("roomcast-late-{port}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut late = std::process::Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let redis = RedisServer::start_on(port, &[]);
     server.wait_metric("roomcast_ready", 1).await;
     let mut ws = connect(&server.ws_url("/ws/chat/early/"), false).await;
     send_chat(&mut ws, "made it").await;
     assert_eq!(chat(&recv_json(&mut ws).await), ("made it".to_string(), 1));
-    let _ = late.kill();
-    let _ = late.wait();
-    let _ = std::fs::remove_dir_all(dir);
+    // The server goes first, while Redis still answers.
+    drop(ws);
+    drop(server);
+    drop(redis);
 }
 
 #[tokio::test]
 async fn a_full_hold_queue_answers_with_an_error_never_a_hang() {
-    require_redis!("a_full_hold_queue_answers_with_an_error_never_a_hang");
+    if !RedisServer::available() {
+        return;
+    }
     let mut redis = RedisServer::start();
     let server = instance(&redis, &[("ROOMCAST_PUBLISH_QUEUE", "3")]).await;
     let mut extended = connect(&server.ws_url("/ws/chat/held/"), true).await;
@@ -427,7 +427,9 @@ async fn a_full_hold_queue_answers_with_an_error_never_a_hang() {
 
 #[tokio::test]
 async fn a_stalled_redis_delays_messages_but_never_hangs_or_loses_them() {
-    require_redis!("a_stalled_redis_delays_messages_but_never_hangs_or_loses_them");
+    if !RedisServer::available() {
+        return;
+    }
     let redis = RedisServer::start();
     let server = instance(&redis, &[]).await;
     let mut member = connect(&server.ws_url("/ws/chat/stalled/"), true).await;

@@ -1,10 +1,9 @@
 //! Graceful shutdown of the real binary: readiness, close 1012, flush, deadline, exit codes.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Server, chat, connect, expect_close, recv_json, send_chat};
+use testkit::ws::{chat, connect, expect_close, recv_json, send_chat};
+use testkit::{Endpoint, Server};
 
 #[tokio::test]
 async fn sigterm_closes_every_client_with_1012_after_what_was_published() {

@@ -38,12 +38,15 @@ if last > 0 and tonumber(ARGV[10]) > last then
   return redis.error_reply('ROOMCAST_GAP an earlier publish from this room is not applied yet')
 end
 local epoch = redis.call('GET', KEYS[2])
+-- Keys made here start without a TTL: set them all below.
+local fresh_keys = false
 -- A room without an epoch is new; one that lost its seq (evicted apart) must not count
 -- from 1 again in the same epoch: both start a new one.
 if not epoch or redis.call('EXISTS', KEYS[1]) == 0 then
   epoch = ARGV[3]
   redis.call('SET', KEYS[2], epoch)
   redis.call('DEL', KEYS[1], KEYS[3], KEYS[5])
+  fresh_keys = true
 end
 local seq = redis.call('INCR', KEYS[1])
 local frame = ARGV[1] .. seq .. ARGV[2]
@@ -59,8 +62,10 @@ if max_entries > 0 then
     redis.call('SET', KEYS[1], seq)
     redis.call('DEL', KEYS[3], KEYS[5])
     redis.call('XADD', KEYS[3], '1-0', 'f', frame)
+    fresh_keys = true
   end
   local bytes = redis.call('INCRBY', KEYS[5], #frame)
+  if bytes == #frame then fresh_keys = true end
   local length = redis.call('XLEN', KEYS[3])
   while length > 1 and (length > max_entries or bytes > tonumber(ARGV[5])) do
     local oldest = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 1)[1]
@@ -80,7 +85,7 @@ if redis.call('HLEN', KEYS[4]) > 32 then
   redis.call('HDEL', KEYS[4], oldest)
 end
 -- Refresh the idle expiry once half of it has passed, not on every publish.
-if redis.call('TTL', KEYS[1]) < tonumber(ARGV[6]) / 2 then
+if fresh_keys or redis.call('TTL', KEYS[4]) < tonumber(ARGV[6]) / 2 then
   for i = 1, 5 do redis.call('EXPIRE', KEYS[i], ARGV[6]) end
 end
 if ARGV[11] == '1' then redis.call('SET', KEYS[6], seq .. ' ' .. epoch, 'EX', ARGV[6]) end

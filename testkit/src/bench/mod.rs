@@ -1,0 +1,24 @@
+//! What only the benchmark programs need: [`Args`], the machine they run on, statistics and
+//! the tables they print.
+//!
+//! Benchmarks only ever talk to 127.0.0.1 and only stop processes they started, by PID.
+
+mod args;
+mod machine;
+mod report;
+mod stats;
+
+pub use args::Args;
+pub use machine::{cores, has_command, pin_self, raise_nofile};
+pub use report::{count, ms, print_binary, print_machine, print_table, print_table_with};
+pub use stats::{Histogram, percentile};
+
+/// Exits the benchmark with a message (status 2): setup problems, not measurements.
+pub fn fail(message: impl AsRef<str>) -> ! {
+    eprintln!("error: {}", message.as_ref());
+    std::process::exit(2);
+}
+
+pub fn file_size(path: &std::path::Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
