@@ -184,10 +184,10 @@ impl Acceptor {
                         drop(permit);
                     });
                 }
-                // Refusing a flood: one non-blocking write, then close.
+                // Refusing a flood: one non-blocking read and write, then close.
                 Err(_) => {
-                    metrics.connection_refused();
-                    let _ = stream.try_write(http::BUSY);
+                    let endpoints = endpoints(&self.shared, self.role);
+                    http::answer_at_cap_now(&stream, &endpoints, peer.ip());
                 }
             },
         }
@@ -215,6 +215,11 @@ async fn handle(
     permit: OwnedSemaphorePermit,
 ) {
     let _open = OpenConnection::new(&shared.metrics, permit);
+    // What a client that stops reading pins in the kernel is bounded here.
+    if shared.config.socket_send_buffer > 0 {
+        let socket = socket2::SockRef::from(&stream);
+        let _ = socket.set_send_buffer_size(shared.config.socket_send_buffer);
+    }
     let endpoints = endpoints(&shared, role);
     let trusted = &shared.config.trusted_proxies;
     let behind_proxy = trusted.iter().any(|cidr| cidr.contains(peer.ip()));

@@ -43,6 +43,7 @@ pub const ENV_UPGRADE_RATE: &str = "ROOMCAST_UPGRADE_RATE";
 pub const ENV_UPGRADE_BURST: &str = "ROOMCAST_UPGRADE_BURST";
 pub const ENV_TRUSTED_PROXIES: &str = "ROOMCAST_TRUSTED_PROXIES";
 pub const ENV_METRICS_ADDR: &str = "ROOMCAST_METRICS_ADDR";
+pub const ENV_SOCKET_SEND_BUFFER: &str = "ROOMCAST_SOCKET_SEND_BUFFER";
 pub const ENV_AUTH: &str = "ROOMCAST_AUTH";
 pub const ENV_AUTH_SECRET: &str = "ROOMCAST_AUTH_SECRET";
 pub const ENV_AUTH_PREVIOUS_SECRET: &str = "ROOMCAST_AUTH_PREVIOUS_SECRET";
@@ -112,6 +113,8 @@ pub struct Config {
     pub trusted_proxies: Vec<Cidr>,
     /// Serve `/metrics` here instead of on the public address.
     pub metrics_addr: Option<SocketAddr>,
+    /// The kernel's send buffer per connection (SO_SNDBUF); 0 leaves it to the kernel.
+    pub socket_send_buffer: usize,
     pub auth: Mode,
     /// The signing secret, then the previous one during a rotation.
     pub auth_secrets: Vec<Secret>,
@@ -156,6 +159,7 @@ impl Default for Config {
             upgrade_burst: 60,
             trusted_proxies: Vec::new(),
             metrics_addr: None,
+            socket_send_buffer: 64 * 1024,
             auth: Mode::Off,
             auth_secrets: Vec::new(),
             auth_audience: "roomcast".into(),
@@ -298,6 +302,11 @@ impl Config {
                     .map(Some)
                     .map_err(|_| "expected HOST:PORT, e.g. 127.0.0.1:9000".into())
             })?,
+            socket_send_buffer: source.number(
+                ENV_SOCKET_SEND_BUFFER,
+                defaults.socket_send_buffer,
+                0..=64 << 20,
+            )?,
             auth: source.parse(ENV_AUTH, defaults.auth, |v| match v {
                 "off" => Ok(Mode::Off),
                 "optional" => Ok(Mode::Optional),

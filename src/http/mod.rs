@@ -188,25 +188,60 @@ pub async fn refuse_too_many(stream: &mut TcpStream, too_many: TooMany, write_li
 }
 
 /// How long a connection past the cap may take to say whether it is a health check.
-const AT_CAP_READ: Duration = Duration::from_secs(1);
+const AT_CAP_READ: Duration = Duration::from_millis(250);
+/// How long the answer past the cap waits for the client to take it before closing.
+const AT_CAP_LINGER: Duration = Duration::from_millis(100);
 
 /// Answers a connection that came past the connection cap: a health check gets its answer,
 /// anything else 503 with `Retry-After` (and counts as refused).
 pub async fn answer_at_cap(stream: &mut TcpStream, endpoints: &Endpoints<'_>, peer: IpAddr) {
-    let write_limit = endpoints.config.peer_timeout.min(AT_CAP_READ);
     let mut buffer = Vec::new();
     let (_no_shutdown, mut never) = crate::shutdown::channel();
     let deadline = Instant::now() + AT_CAP_READ;
-    let head = read_head(stream, &mut buffer, deadline, &mut never).await;
-    if let Ok(head) = head
-        && matches!(head.path.as_str(), "/healthz" | "/readyz")
-        && let Answer::Respond { bytes, .. } = answer(&head, endpoints, peer)
-    {
-        send_and_close(stream, &bytes, write_limit).await;
-        return;
+    let head = read_head(stream, &mut buffer, deadline, &mut never)
+        .await
+        .ok();
+    let response = health_answer(head.as_ref(), endpoints, peer);
+    if response.is_none() {
+        endpoints.metrics.connection_refused();
     }
-    endpoints.metrics.connection_refused();
-    send_and_close(stream, BUSY, write_limit).await;
+    let response = response.as_deref().unwrap_or(BUSY);
+    if matches!(
+        timeout(AT_CAP_READ, stream.write_all(response)).await,
+        Ok(Ok(()))
+    ) {
+        let _ = stream.shutdown().await;
+        discard_for(stream, AT_CAP_LINGER).await;
+    }
+}
+
+/// Past the cap with every refusal slot taken: answer from what has already arrived, in one
+/// non-blocking read and write, so health checks still get through a flood.
+pub fn answer_at_cap_now(stream: &TcpStream, endpoints: &Endpoints<'_>, peer: IpAddr) {
+    let mut bytes = [0u8; 1024];
+    let read = stream.try_read(&mut bytes).unwrap_or(0);
+    let head = head::parse_head(&bytes[..read])
+        .ok()
+        .flatten()
+        .map(|(head, _)| head);
+    let response = health_answer(head.as_ref(), endpoints, peer);
+    if response.is_none() {
+        endpoints.metrics.connection_refused();
+    }
+    let _ = stream.try_write(response.as_deref().unwrap_or(BUSY));
+}
+
+/// The answer to a health check; `None` for any other request.
+fn health_answer(
+    head: Option<&head::Head>,
+    endpoints: &Endpoints<'_>,
+    peer: IpAddr,
+) -> Option<Vec<u8>> {
+    let head = head.filter(|head| matches!(head.path.as_str(), "/healthz" | "/readyz"))?;
+    match answer(head, endpoints, peer) {
+        Answer::Respond { bytes, .. } => Some(bytes),
+        _ => None,
+    }
 }
 
 /// Writes `response` and closes politely: FIN first, then discard what the client still
@@ -219,8 +254,13 @@ pub async fn send_and_close(stream: &mut TcpStream, response: &[u8], write_limit
         return;
     }
     let _ = stream.shutdown().await;
+    discard_for(stream, Duration::from_millis(500)).await;
+}
+
+/// Reads and drops what the client still sends, for up to `limit` and 64 KiB.
+async fn discard_for(stream: &mut TcpStream, limit: Duration) {
     let mut sink = [0u8; 1024];
-    let _ = timeout(Duration::from_millis(500), async {
+    let _ = timeout(limit, async {
         let mut discarded = 0;
         while discarded < 64 * 1024 {
             match stream.read(&mut sink).await {
