@@ -57,6 +57,9 @@ fn main() {
     if let Some(workers) = workers {
         env.push(("ROOMCAST_WORKERS".into(), workers.to_string()));
     }
+    for (name, value) in bench::LOAD_GENERATOR_LIMITS {
+        env.push((name.to_string(), value.to_string()));
+    }
     let shown: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     println!(
         "config:  {conns} idle chat connections over {rooms} rooms (no messages; the server's \

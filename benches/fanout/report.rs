@@ -50,7 +50,8 @@ pub fn print_plan(plan: &Plan) {
     );
     println!(
         "config:  generator: {} reader tasks + 1 publisher task (1 ms ticks); server env: \
-         ROOMCAST_WORKERS={} ROOMCAST_SEND_QUEUE={} ROOMCAST_LOG=info; drain wait <= {} ms",
+         ROOMCAST_WORKERS={} ROOMCAST_SEND_QUEUE={} ROOMCAST_LOG=info and the load generator's \
+         limits lifted (rate, per-address caps); drain wait <= {} ms",
         plan.tasks,
         plan.server_workers,
         plan.send_queue

@@ -116,6 +116,9 @@ pub fn run(
     if let Some(queue) = plan.send_queue {
         env.push(("ROOMCAST_SEND_QUEUE".into(), queue.to_string()));
     }
+    for (name, value) in testkit::bench::LOAD_GENERATOR_LIMITS {
+        env.push((name.to_string(), value.to_string()));
+    }
     if let Some(url) = &plan.redis {
         env.push(("ROOMCAST_REDIS_URL".into(), url.clone()));
     }

@@ -13,6 +13,17 @@ pub use machine::{cores, has_command, pin_self, raise_nofile};
 pub use report::{count, ms, print_binary, print_machine, print_table, print_table_with};
 pub use stats::{Histogram, percentile};
 
+/// A load generator is one address sending far more than a person: these lift the
+/// per-connection publish rate and the per-address caps, so a benchmark measures delivery,
+/// not the limits (which still run, and cost what they cost).
+pub const LOAD_GENERATOR_LIMITS: &[(&str, &str)] = &[
+    ("ROOMCAST_RATE", "1000000"),
+    ("ROOMCAST_BURST", "1000000"),
+    ("ROOMCAST_MAX_CONNECTIONS_PER_IP", "1000000"),
+    ("ROOMCAST_UPGRADE_RATE", "1000000"),
+    ("ROOMCAST_UPGRADE_BURST", "1000000"),
+];
+
 /// Exits the benchmark with a message (status 2): setup problems, not measurements.
 pub fn fail(message: impl AsRef<str>) -> ! {
     eprintln!("error: {}", message.as_ref());
