@@ -7,9 +7,11 @@
 //! the memory back whenever it needs to.
 
 use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::Poll;
 
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
 
 use super::Delivery;
 
@@ -32,8 +34,8 @@ pub struct WeakFeed {
 
 struct Shared {
     state: Mutex<State>,
-    /// Wakes the session when something is queued or the feed is cut.
-    wake: Notify,
+    /// Wakes the session when something is queued or the feed is cut: one waiter, no lock.
+    waker: AtomicWaker,
     max_frames: usize,
     max_bytes: usize,
 }
@@ -60,7 +62,7 @@ pub enum Overflow {
 pub fn channel(max_frames: usize, max_bytes: usize) -> (FeedSender, Feed) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State::default()),
-        wake: Notify::new(),
+        waker: AtomicWaker::new(),
         max_frames,
         max_bytes,
     });
@@ -89,7 +91,7 @@ impl Shared {
         state.bytes += bytes;
         state.queue.push_back(delivery);
         drop(state);
-        self.wake.notify_one();
+        self.waker.wake();
         Ok(())
     }
 }
@@ -107,7 +109,7 @@ impl FeedSender {
         state.queue = VecDeque::new();
         state.bytes = 0;
         drop(state);
-        self.shared.wake.notify_one();
+        self.shared.waker.wake();
     }
 
     /// Bytes queued and not yet taken by the session.
@@ -145,18 +147,27 @@ impl WeakFeed {
 impl Feed {
     /// The next delivery; `None` once the room has let this member go.
     pub async fn recv(&mut self) -> Option<Delivery> {
-        loop {
-            {
-                let mut state = self.shared.lock();
-                if let Some(delivery) = take(&mut state) {
-                    return Some(delivery);
-                }
-                if state.cut {
-                    return None;
-                }
+        poll_fn(|cx| {
+            if let Some(next) = self.ready() {
+                return Poll::Ready(next);
             }
-            // A notification sent between the check and here is kept as a permit.
-            self.shared.wake.notified().await;
+            self.shared.waker.register(cx.waker());
+            // Something queued between the look above and the registration is seen here.
+            match self.ready() {
+                Some(next) => Poll::Ready(next),
+                None => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    /// A delivery, or `Some(None)` once cut; `None` while there is nothing yet.
+    fn ready(&self) -> Option<Option<Delivery>> {
+        let mut state = self.shared.lock();
+        match take(&mut state) {
+            Some(delivery) => Some(Some(delivery)),
+            None if state.cut => Some(None),
+            None => None,
         }
     }
 

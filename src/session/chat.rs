@@ -1,14 +1,14 @@
 //! A chat session: the replay, then the room's feed, the client's messages, the clock and
 //! shutdown, all in one `select!`, until one of them ends it.
 
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::clock::{Due, PeerClock};
-use super::outbound::{CLOSE_WAIT, Socket, feed_text, flush, send_close, within};
+use super::outbound::{CLOSE_WAIT, Socket, feed_frame, feed_text, flush, send_close, within};
 use super::{Ending, ending_for};
 use crate::broker::{Delivery, Membership, Page, PageFuture, Replay, Unavailable};
 use crate::config::LogLevel;
@@ -341,23 +341,38 @@ impl<'a> ChatSession<'a> {
         }
     }
 
-    /// Writes `first` and whatever else is already queued, then flushes once.
+    /// Writes `first` and whatever else is already queued, then flushes once, all under one
+    /// deadline: a peer that stops reading mid-batch is cut like any other.
     async fn deliver(&mut self, first: Delivery) -> Option<Ending> {
-        let mut next = Some(first);
-        let mut written = 0;
-        while let Some(delivery) = next.take() {
-            if let Some(ending) = self.queue(delivery).await {
-                return Some(ending);
+        let extended = self.extended;
+        let mut refused = false;
+        let (socket, feed) = (&mut self.socket, &mut self.membership.feed);
+        let written = within(self.clock.timeout(), async {
+            let mut next = Some(first);
+            let mut count = 0;
+            while let Some(delivery) = next.take() {
+                match delivery {
+                    Delivery::Chat(frame) => feed_frame(socket, frame).await?,
+                    Delivery::Reset(frame) if extended => feed_frame(socket, frame).await?,
+                    Delivery::Reset(_) => {}
+                    Delivery::PublishFailed => refused = true,
+                }
+                count += 1;
+                if count < MAX_BATCH {
+                    next = feed.try_recv();
+                }
             }
-            written += 1;
-            if written < MAX_BATCH {
-                next = self.membership.feed.try_recv();
-            }
+            socket.flush().await
+        })
+        .await;
+        if written.is_err() {
+            return Some(Ending::Gone);
         }
-        flush(&mut self.socket, self.clock.timeout())
-            .await
-            .err()
-            .map(|_| Ending::Gone)
+        if refused {
+            self.shared.metrics.publish_refused();
+            return self.refused().await;
+        }
+        None
     }
 
     /// Buffers one delivery without flushing; reset notices only reach extended clients.

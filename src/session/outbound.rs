@@ -47,14 +47,19 @@ pub async fn within<T>(
     }
 }
 
-/// Queues a text frame without flushing; a large one as fragments.
+/// Queues a text frame without flushing, within `limit`.
 pub async fn feed_text(
     socket: &mut Socket,
     limit: Duration,
     text: Utf8Bytes,
 ) -> Result<(), WsError> {
+    within(limit, feed_frame(socket, text)).await
+}
+
+/// Queues a text frame without flushing; a large one as fragments. The caller bounds it.
+pub async fn feed_frame(socket: &mut Socket, text: Utf8Bytes) -> Result<(), WsError> {
     if text.len() <= PIECE {
-        return within(limit, socket.feed(Message::Text(text))).await;
+        return socket.feed(Message::Text(text)).await;
     }
     let bytes: Bytes = text.into();
     let mut start = 0;
@@ -70,7 +75,7 @@ pub async fn feed_text(
             OpCode::Data(opcode),
             end == bytes.len(),
         );
-        within(limit, socket.feed(Message::Frame(fragment))).await?;
+        socket.feed(Message::Frame(fragment)).await?;
         start = end;
     }
     Ok(())
