@@ -33,6 +33,7 @@ pub const ENV_BACKLOG_BUDGET_BYTES: &str = "ROOMCAST_BACKLOG_BUDGET_BYTES";
 pub const ENV_INBOUND_BUDGET_BYTES: &str = "ROOMCAST_INBOUND_BUDGET_BYTES";
 pub const ENV_ROOM_TTL_SECS: &str = "ROOMCAST_ROOM_TTL_SECS";
 pub const ENV_PUBLISH_QUEUE: &str = "ROOMCAST_PUBLISH_QUEUE";
+pub const ENV_PUBLISH_QUEUE_BYTES: &str = "ROOMCAST_PUBLISH_QUEUE_BYTES";
 pub const ENV_ALLOWED_ORIGINS: &str = "ROOMCAST_ALLOWED_ORIGINS";
 pub const ENV_LOG: &str = "ROOMCAST_LOG";
 pub const ENV_ECHO: &str = "ROOMCAST_ECHO";
@@ -97,7 +98,10 @@ pub struct Config {
     /// Large messages being received, together; past it a sender is refused (1013).
     pub inbound_budget_bytes: usize,
     pub room_ttl: Duration,
+    /// Publishes held for Redis...
     pub publish_queue: usize,
+    /// ...and their bytes.
+    pub publish_queue_bytes: usize,
     /// Origins allowed besides the server's own; `*` allows any.
     pub allowed_origins: Vec<String>,
     /// Chat messages a connection may publish per second...
@@ -140,17 +144,18 @@ impl Default for Config {
             heartbeat: Duration::from_secs(20),
             peer_timeout: Duration::from_secs(45),
             head_timeout: Duration::from_secs(10),
-            max_connections: 20_000,
+            max_connections: 5_000,
             max_message_bytes: 64 * 1024,
             send_queue: 256,
             send_queue_bytes: 512 * 1024,
             history: 1000,
             history_bytes: 1024 * 1024,
-            history_budget_bytes: 64 * 1024 * 1024,
-            backlog_budget_bytes: 32 * 1024 * 1024,
-            inbound_budget_bytes: 16 * 1024 * 1024,
+            history_budget_bytes: 32 * 1024 * 1024,
+            backlog_budget_bytes: 16 * 1024 * 1024,
+            inbound_budget_bytes: 8 * 1024 * 1024,
             room_ttl: Duration::from_secs(24 * 3600),
             publish_queue: 1024,
+            publish_queue_bytes: 8 * 1024 * 1024,
             allowed_origins: Vec::new(),
             rate: 5,
             burst: 20,
@@ -264,6 +269,11 @@ impl Config {
                 ENV_PUBLISH_QUEUE,
                 defaults.publish_queue,
                 1..=1_000_000,
+            )?,
+            publish_queue_bytes: source.number(
+                ENV_PUBLISH_QUEUE_BYTES,
+                defaults.publish_queue_bytes,
+                64 * 1024..=1 << 40,
             )?,
             allowed_origins: source.parse(ENV_ALLOWED_ORIGINS, Vec::new(), |v| {
                 Ok(v.split(',')

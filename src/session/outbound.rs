@@ -1,7 +1,7 @@
 //! Writing to a WebSocket: every write under a deadline, and large frames in fragments.
 //!
 //! A peer that stops reading must not hold a session: each write that makes no progress
-//! within the peer timeout ends it. Frames past [`PIECE`] bytes go out as fragments, so
+//! within the peer timeout ends it. Frames past [`OUT_PIECE`] bytes go out as fragments, so
 //! tungstenite's write buffer, which keeps its largest size for good, stays small.
 
 use std::future::Future;
@@ -17,12 +17,15 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
-use super::gate::{Gated, PIECE};
+use super::gate::Gated;
 
 pub type Socket = WebSocketStream<Gated<TcpStream>>;
 
-/// Bytes tungstenite gathers before it writes to the socket.
+/// Bytes tungstenite gathers before it writes to the socket: a batch of small frames goes
+/// out in a write or two, and a stuck peer holds at most this plus one fragment.
 const WRITE_BUFFER: usize = 4096;
+/// The largest fragment written.
+pub const OUT_PIECE: usize = 4096;
 
 /// How long to wait for the peer's close frame after sending ours.
 pub const CLOSE_WAIT: Duration = Duration::from_secs(2);
@@ -31,7 +34,7 @@ pub fn config(max_message_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(1024)
         .write_buffer_size(WRITE_BUFFER)
-        .max_write_buffer_size(WRITE_BUFFER + 2 * (PIECE + 16))
+        .max_write_buffer_size(WRITE_BUFFER + 2 * (OUT_PIECE + 16))
         .max_message_size(Some(max_message_bytes))
         .max_frame_size(Some(max_message_bytes))
 }
@@ -58,13 +61,13 @@ pub async fn feed_text(
 
 /// Queues a text frame without flushing; a large one as fragments. The caller bounds it.
 pub async fn feed_frame(socket: &mut Socket, text: Utf8Bytes) -> Result<(), WsError> {
-    if text.len() <= PIECE {
+    if text.len() <= OUT_PIECE {
         return socket.feed(Message::Text(text)).await;
     }
     let bytes: Bytes = text.into();
     let mut start = 0;
     while start < bytes.len() {
-        let end = (start + PIECE).min(bytes.len());
+        let end = (start + OUT_PIECE).min(bytes.len());
         let opcode = if start == 0 {
             Data::Text
         } else {
@@ -89,7 +92,7 @@ pub async fn feed_binary(
 ) -> Result<(), WsError> {
     let mut start = 0;
     loop {
-        let end = (start + PIECE).min(bytes.len());
+        let end = (start + OUT_PIECE).min(bytes.len());
         let opcode = if start == 0 {
             Data::Binary
         } else {

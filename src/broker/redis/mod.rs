@@ -113,7 +113,7 @@ impl RedisBroker {
         let inner = Arc::new(Inner {
             client: client.clone(),
             commands,
-            queue: HoldQueue::new(config.publish_queue),
+            queue: HoldQueue::new(config.publish_queue, config.publish_queue_bytes),
             reads: AsyncMutex::new(None),
             health,
             metrics,

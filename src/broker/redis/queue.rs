@@ -60,6 +60,8 @@ pub(super) struct HoldQueue {
     /// Wakes senders waiting for room in the queue.
     pub space: Notify,
     max_held: usize,
+    /// Bytes of messages held, over every room.
+    max_bytes: usize,
     max_per_room: usize,
 }
 
@@ -68,8 +70,10 @@ struct State {
     rooms: HashMap<Arc<str>, RoomQueue>,
     /// Rooms with pending publishes, in the order they get their next turn.
     turns: VecDeque<Arc<str>>,
-    /// Pending and in flight, over every room.
+    /// Pending and in flight, over every room...
     held: usize,
+    /// ...and their bytes.
+    held_bytes: usize,
     next_number: u64,
 }
 
@@ -92,12 +96,13 @@ impl std::fmt::Debug for Full {
 }
 
 impl HoldQueue {
-    pub fn new(max_held: usize) -> HoldQueue {
+    pub fn new(max_held: usize, max_bytes: usize) -> HoldQueue {
         HoldQueue {
             state: Mutex::new(State::default()),
             ready: Notify::new(),
             space: Notify::new(),
             max_held,
+            max_bytes,
             // No room may take more than a quarter of a large queue.
             max_per_room: (max_held / 4).max(max_held.min(16)),
         }
@@ -109,7 +114,8 @@ impl HoldQueue {
 
     pub fn push(&self, held: Held) -> Result<(), Full> {
         let mut state = self.lock();
-        if state.held >= self.max_held {
+        let bytes = held.chat.len();
+        if state.held >= self.max_held || state.held_bytes + bytes > self.max_bytes {
             return Err(Full(Box::new(held)));
         }
         let room = Arc::clone(&held.room);
@@ -120,6 +126,7 @@ impl HoldQueue {
         let was_idle = queue.pending.is_empty();
         queue.pending.push_back(held);
         state.held += 1;
+        state.held_bytes += bytes;
         if was_idle {
             state.turns.push_back(room);
         }
@@ -187,6 +194,7 @@ impl HoldQueue {
     pub fn settle(&self, held: &Held, applied: bool) {
         let mut state = self.lock();
         state.held = state.held.saturating_sub(1);
+        state.held_bytes = state.held_bytes.saturating_sub(held.chat.len());
         if let Some(queue) = state.rooms.get_mut(&held.room) {
             queue.in_flight = queue.in_flight.saturating_sub(1);
             if !applied {
@@ -231,7 +239,7 @@ mod tests {
 
     #[test]
     fn rooms_take_turns_and_keep_their_order() {
-        let queue = HoldQueue::new(100);
+        let queue = HoldQueue::new(100, usize::MAX);
         for n in 0..5 {
             queue.push(held("flood", &n.to_string())).unwrap();
         }
@@ -244,7 +252,7 @@ mod tests {
 
     #[test]
     fn one_room_cannot_take_the_whole_queue() {
-        let queue = HoldQueue::new(80);
+        let queue = HoldQueue::new(80, usize::MAX);
         for n in 0..20 {
             queue.push(held("flood", &n.to_string())).unwrap();
         }
@@ -253,8 +261,16 @@ mod tests {
     }
 
     #[test]
+    fn the_queue_is_bounded_in_bytes_too() {
+        let queue = HoldQueue::new(100, 120);
+        queue.push(held("a", &"x".repeat(60))).unwrap();
+        assert!(queue.push(held("b", &"y".repeat(60))).is_err());
+        assert!(queue.push(held("b", "y")).is_ok());
+    }
+
+    #[test]
     fn restored_publishes_go_first_with_their_numbers() {
-        let queue = HoldQueue::new(100);
+        let queue = HoldQueue::new(100, usize::MAX);
         for n in 0..3 {
             queue.push(held("r", &n.to_string())).unwrap();
         }
@@ -268,7 +284,7 @@ mod tests {
 
     #[test]
     fn giving_one_up_renumbers_what_was_sent_with_it() {
-        let queue = HoldQueue::new(100);
+        let queue = HoldQueue::new(100, usize::MAX);
         for n in 0..3 {
             queue.push(held("r", &n.to_string())).unwrap();
         }
@@ -286,7 +302,7 @@ mod tests {
 
     #[test]
     fn giving_one_up_renumbers_what_follows() {
-        let queue = HoldQueue::new(100);
+        let queue = HoldQueue::new(100, usize::MAX);
         for n in 0..3 {
             queue.push(held("r", &n.to_string())).unwrap();
         }
