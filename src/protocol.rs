@@ -161,13 +161,35 @@ pub fn now_ms() -> u64 {
         .map_or(0, |since| since.as_millis() as u64)
 }
 
-pub fn welcome_frame(room: &str, epoch: &str, seq: u64) -> String {
+/// The first frame of an extended session: the room, its epoch and latest seq, and who is
+/// there (`users` holds encoded user objects).
+pub fn welcome_frame(room: &str, epoch: &str, seq: u64, count: u64, users: &[&str]) -> String {
     let mut frame = String::from("{\"type\":\"welcome\",\"room\":");
     push_json_string(&mut frame, room);
     frame.push_str(",\"epoch\":");
     push_json_string(&mut frame, epoch);
-    frame.push_str(&format!(",\"seq\":{seq}}}"));
+    let _ = write!(
+        frame,
+        ",\"seq\":{seq},\"members\":{{\"count\":{count},\"users\":["
+    );
+    for (index, user) in users.iter().enumerate() {
+        if index > 0 {
+            frame.push(',');
+        }
+        frame.push_str(user);
+    }
+    frame.push_str("]}}");
     frame
+}
+
+/// `{"type": "join"|"leave", "user": {…}, "count": N}`.
+pub fn presence_frame(kind: &str, user: &str, count: u64) -> String {
+    format!("{{\"type\":\"{kind}\",\"user\":{user},\"count\":{count}}}")
+}
+
+/// `{"type": "members", "count": N}`: how many are here, when no event said so.
+pub fn members_frame(count: u64) -> String {
+    format!("{{\"type\":\"members\",\"count\":{count}}}")
 }
 
 /// Why a resume could not replay from `since`.
@@ -331,10 +353,21 @@ mod tests {
         assert_eq!(chat["message"], "a \"quote\"\n\u{1}");
         assert_eq!(chat["seq"], 7);
 
-        let welcome: Value = serde_json::from_str(&welcome_frame("lobby", "e1", 3)).unwrap();
+        let users = [r#"{"id":"1","name":"Ada"}"#, r#"{"id":"2"}"#];
+        let welcome: Value =
+            serde_json::from_str(&welcome_frame("lobby", "e1", 3, 5, &users)).unwrap();
         assert_eq!(welcome["type"], "welcome");
         assert_eq!(welcome["seq"], 3);
+        assert_eq!(welcome["members"]["count"], 5);
+        assert_eq!(welcome["members"]["users"][0]["name"], "Ada");
         assert!(welcome.get("message").is_none());
+        let join: Value = serde_json::from_str(&presence_frame("join", users[1], 6)).unwrap();
+        assert_eq!(
+            (join["type"].as_str(), join["count"].as_u64()),
+            (Some("join"), Some(6))
+        );
+        let members: Value = serde_json::from_str(&members_frame(7)).unwrap();
+        assert_eq!(members["count"], 7);
 
         let reset: Value =
             serde_json::from_str(&reset_frame("e2", 9, ResetReason::History)).unwrap();

@@ -8,6 +8,7 @@ pub mod feed;
 pub mod history;
 pub mod ledger;
 pub mod local;
+pub mod presence;
 pub mod recent;
 pub mod redis;
 
@@ -24,6 +25,7 @@ use crate::metrics::Metrics;
 use crate::protocol::{ChatParts, ResetReason};
 pub use feed::Feed;
 pub use history::Page;
+pub use presence::{Members, Visitor};
 
 /// An encoded frame, shared by every member it is delivered to.
 pub type Frame = Utf8Bytes;
@@ -32,9 +34,10 @@ pub type Frame = Utf8Bytes;
 #[derive(Debug, Clone)]
 pub enum Delivery {
     Chat(Frame),
-    /// A `reset` notice: the room's history was lost or skipped while the member was in it.
-    /// Only extended clients see it; plain ones would read it as a chat message.
-    Reset(Frame),
+    /// A frame with a `type`: a `reset` (history lost or skipped while the member was in
+    /// the room), a `join`, `leave` or `members`. Only extended clients see these; plain
+    /// ones would read them as chat messages.
+    Notice(Frame),
     /// A message this member sent could not be published after all (Redis refused it).
     PublishFailed,
 }
@@ -43,7 +46,7 @@ impl Delivery {
     /// What it costs while queued.
     pub fn bytes(&self) -> usize {
         match self {
-            Delivery::Chat(frame) | Delivery::Reset(frame) => frame.len(),
+            Delivery::Chat(frame) | Delivery::Notice(frame) => frame.len(),
             Delivery::PublishFailed => 0,
         }
     }
@@ -82,6 +85,8 @@ pub struct Membership {
     /// The room's latest seq when this member joined; its feed starts after it.
     pub seq: u64,
     pub replay: Replay,
+    /// Who was in the room when this member joined, itself included.
+    pub members: Members,
     handle: MemberHandle,
 }
 
@@ -129,8 +134,13 @@ impl Membership {
             epoch,
             seq,
             replay,
+            members: Members::default(),
             handle,
         }
+    }
+
+    pub(crate) fn with_members(self, members: Members) -> Membership {
+        Membership { members, ..self }
     }
 
     /// Publishes a chat message to every member of the room, this one included.
@@ -170,7 +180,16 @@ impl Broker {
         match &config.redis {
             None => {
                 health.set_broker_up(true);
-                Broker::Local(local::LocalBroker::new(config, metrics))
+                let broker = local::LocalBroker::new(config, metrics);
+                let ticking = Arc::clone(&broker);
+                tokio::spawn(async move {
+                    let mut every = tokio::time::interval(local::TICK);
+                    loop {
+                        every.tick().await;
+                        ticking.tick(tokio::time::Instant::now());
+                    }
+                });
+                Broker::Local(broker)
             }
             Some(client) => Broker::Redis(redis::RedisBroker::start(
                 client.clone(),
@@ -185,10 +204,11 @@ impl Broker {
         &self,
         room: &str,
         resume: Option<Resume>,
+        visitor: Option<Visitor>,
     ) -> Result<Membership, Unavailable> {
         match self {
-            Broker::Local(broker) => Ok(broker.join(room, resume)),
-            Broker::Redis(broker) => broker.join(room, resume).await,
+            Broker::Local(broker) => Ok(broker.join(room, resume, visitor)),
+            Broker::Redis(broker) => broker.join(room, resume, visitor).await,
         }
     }
 
@@ -210,6 +230,14 @@ impl Broker {
                 };
                 broker.publish(room, chat, key).await
             }
+        }
+    }
+
+    /// Who is in a room: a count and up to `list` users.
+    pub async fn presence(&self, room: &str, list: usize) -> Result<Members, Unavailable> {
+        match self {
+            Broker::Local(broker) => Ok(broker.presence(room, list)),
+            Broker::Redis(broker) => broker.presence(room, list).await,
         }
     }
 

@@ -45,6 +45,9 @@ pub const ENV_UPGRADE_BURST: &str = "ROOMCAST_UPGRADE_BURST";
 pub const ENV_TRUSTED_PROXIES: &str = "ROOMCAST_TRUSTED_PROXIES";
 pub const ENV_METRICS_ADDR: &str = "ROOMCAST_METRICS_ADDR";
 pub const ENV_SOCKET_SEND_BUFFER: &str = "ROOMCAST_SOCKET_SEND_BUFFER";
+pub const ENV_PRESENCE_LINGER_MS: &str = "ROOMCAST_PRESENCE_LINGER_MS";
+pub const ENV_PRESENCE_LIST: &str = "ROOMCAST_PRESENCE_LIST";
+pub const ENV_PRESENCE_EVENTS_MAX: &str = "ROOMCAST_PRESENCE_EVENTS_MAX";
 pub const ENV_AUTH: &str = "ROOMCAST_AUTH";
 pub const ENV_AUTH_SECRET: &str = "ROOMCAST_AUTH_SECRET";
 pub const ENV_AUTH_PREVIOUS_SECRET: &str = "ROOMCAST_AUTH_PREVIOUS_SECRET";
@@ -119,6 +122,13 @@ pub struct Config {
     pub metrics_addr: Option<SocketAddr>,
     /// The kernel's send buffer per connection (SO_SNDBUF); 0 leaves it to the kernel.
     pub socket_send_buffer: usize,
+    /// How long a user whose last connection closed stays present: a reconnect within it
+    /// is neither a leave nor a join.
+    pub presence_linger: Duration,
+    /// Users listed in a welcome.
+    pub presence_list: usize,
+    /// Past this many present, joins and leaves are not announced one by one.
+    pub presence_events_max: u64,
     pub auth: Mode,
     /// The signing secret, then the previous one during a rotation.
     pub auth_secrets: Vec<Secret>,
@@ -165,6 +175,9 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             metrics_addr: None,
             socket_send_buffer: 64 * 1024,
+            presence_linger: Duration::from_secs(5),
+            presence_list: 100,
+            presence_events_max: 1000,
             auth: Mode::Off,
             auth_secrets: Vec::new(),
             auth_audience: "roomcast".into(),
@@ -317,6 +330,13 @@ impl Config {
                 defaults.socket_send_buffer,
                 0..=64 << 20,
             )?,
+            presence_linger: source.millis(ENV_PRESENCE_LINGER_MS, defaults.presence_linger, 0)?,
+            presence_list: source.number(ENV_PRESENCE_LIST, defaults.presence_list, 0..=10_000)?,
+            presence_events_max: source.number(
+                ENV_PRESENCE_EVENTS_MAX,
+                defaults.presence_events_max as usize,
+                0..=1_000_000,
+            )? as u64,
             auth: source.parse(ENV_AUTH, defaults.auth, |v| match v {
                 "off" => Ok(Mode::Off),
                 "optional" => Ok(Mode::Optional),

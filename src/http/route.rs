@@ -219,11 +219,10 @@ mod tests {
             100,
         ));
         let auth = Authenticator::new(config.auth, config.auth_secrets.clone(), "roomcast".into());
-        let broker = Broker::start(
+        let broker = Broker::Local(crate::broker::local::LocalBroker::new(
             config,
-            Arc::new(Health::default()),
             Arc::new(Metrics::default()),
-        );
+        ));
         let endpoints = Endpoints {
             config,
             health: &health,

@@ -152,7 +152,15 @@ impl<'a> ChatSession<'a> {
     async fn greet(&mut self) -> Result<(), WsError> {
         let limit = self.clock.timeout();
         let membership = &self.membership;
-        let welcome = protocol::welcome_frame(&self.room, &membership.epoch, membership.seq);
+        let members = &membership.members;
+        let users: Vec<&str> = members.users.iter().map(|user| &**user).collect();
+        let welcome = protocol::welcome_frame(
+            &self.room,
+            &membership.epoch,
+            membership.seq,
+            members.count,
+            &users,
+        );
         feed_text(&mut self.socket, limit, welcome.into()).await?;
         if let Replay::From {
             after,
@@ -353,8 +361,8 @@ impl<'a> ChatSession<'a> {
             while let Some(delivery) = next.take() {
                 match delivery {
                     Delivery::Chat(frame) => feed_frame(socket, frame).await?,
-                    Delivery::Reset(frame) if extended => feed_frame(socket, frame).await?,
-                    Delivery::Reset(_) => {}
+                    Delivery::Notice(frame) if extended => feed_frame(socket, frame).await?,
+                    Delivery::Notice(_) => {}
                     Delivery::PublishFailed => refused = true,
                 }
                 count += 1;
@@ -380,8 +388,8 @@ impl<'a> ChatSession<'a> {
         let limit = self.clock.timeout();
         let frame = match delivery {
             Delivery::Chat(frame) => frame,
-            Delivery::Reset(frame) if self.extended => frame,
-            Delivery::Reset(_) => return None,
+            Delivery::Notice(frame) if self.extended => frame,
+            Delivery::Notice(_) => return None,
             Delivery::PublishFailed => {
                 self.shared.metrics.publish_refused();
                 return self.refused().await;

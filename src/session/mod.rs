@@ -14,7 +14,9 @@ use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::broker::Resume;
+use std::sync::Arc;
+
+use crate::broker::{Resume, Visitor};
 use crate::http::{Status, Target, Upgrade};
 use crate::metrics::Metrics;
 use crate::shared::Shared;
@@ -57,7 +59,11 @@ async fn handshake(
         return Some(Opened::Echo(Box::new(socket)));
     };
     let extended = upgrade.extended || matches!(resume, Some(Resume::Since { .. }));
-    let Ok(membership) = shared.broker.join(room, resume.clone()).await else {
+    let visitor = identity.as_ref().map(|identity| Visitor {
+        id: identity.id.clone(),
+        user: Arc::clone(&identity.user_json),
+    });
+    let Ok(membership) = shared.broker.join(room, resume.clone(), visitor).await else {
         Upgrade::refuse(
             &mut stream,
             limit,

@@ -7,6 +7,7 @@
 //! once, and any gap is filled from the stream. [scripts] holds the Lua, [wire] the names
 //! and the payload. Replays read the stream a page at a time on a shared connection.
 
+mod presence;
 mod publisher;
 mod queue;
 mod room;
@@ -26,7 +27,10 @@ use tokio::time::{Instant, timeout, timeout_at};
 
 use super::feed::WeakFeed;
 use super::ledger::FrameLedger;
-use super::{Accepted, Membership, PAGE_BYTES, PAGE_FRAMES, Page, PageFuture, Resume, Unavailable};
+use super::{
+    Accepted, Members, Membership, PAGE_BYTES, PAGE_FRAMES, Page, PageFuture, Resume, Unavailable,
+    Visitor,
+};
 use crate::config::Config;
 use crate::health::Health;
 use crate::metrics::Metrics;
@@ -66,6 +70,9 @@ struct Inner {
     send_queue: usize,
     send_queue_bytes: usize,
     max_backlog_bytes: usize,
+    presence_linger_ms: u64,
+    presence_list: usize,
+    presence_events_max: u64,
     history: usize,
     history_bytes: usize,
     room_ttl_secs: u64,
@@ -80,6 +87,7 @@ enum Command {
     Join {
         room: String,
         resume: Option<Resume>,
+        visitor: Option<Visitor>,
         reply: oneshot::Sender<Result<Membership, Unavailable>>,
         inner: Arc<Inner>,
     },
@@ -124,6 +132,9 @@ impl RedisBroker {
             send_queue: config.send_queue,
             send_queue_bytes: config.send_queue_bytes,
             max_backlog_bytes: config.backlog_budget_bytes,
+            presence_linger_ms: config.presence_linger.as_millis() as u64,
+            presence_list: config.presence_list,
+            presence_events_max: config.presence_events_max,
             history: config.history,
             history_bytes: config.history_bytes,
             room_ttl_secs: config.room_ttl.as_secs().max(1),
@@ -149,11 +160,13 @@ impl RedisBroker {
         &self,
         room: &str,
         resume: Option<Resume>,
+        visitor: Option<Visitor>,
     ) -> Result<Membership, Unavailable> {
         let (reply, answer) = oneshot::channel();
         let command = Command::Join {
             room: room.to_string(),
             resume,
+            visitor,
             reply,
             inner: Arc::clone(&self.inner),
         };
@@ -174,6 +187,15 @@ impl RedisBroker {
 
     pub fn frame_bytes(&self) -> usize {
         self.inner.frames.alive()
+    }
+
+    /// Who is in a room, over every instance.
+    pub async fn presence(&self, room: &str, list: usize) -> Result<Members, Unavailable> {
+        let mut connection = self.inner.reader().await.map_err(|_| Unavailable)?;
+        match timeout(REDIS_TIMEOUT, presence::read(&mut connection, room, list)).await {
+            Ok(Ok(members)) => Ok(members),
+            _ => Err(Unavailable),
+        }
     }
 
     /// A key unique to this request, for API publishes that came without one: a publish

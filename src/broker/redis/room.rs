@@ -2,10 +2,17 @@
 //! how a message from pub/sub or a page of history reaches them in order. No I/O here: the
 //! room task (`subscriber.rs`) brings the messages and pages.
 
+use std::time::Duration;
+
+use tokio::time::Instant;
+
 use crate::broker::feed::{self, Feed, FeedSender, Overflow, WeakFeed};
 use crate::broker::{Delivery, Frame};
 use crate::metrics::Metrics;
 use crate::protocol::{self, ResetReason};
+
+/// How often a changed presence count is announced, when no join or leave said it.
+const COUNT_EVERY: Duration = Duration::from_secs(10);
 
 pub(super) struct RemoteMember {
     pub id: u64,
@@ -21,6 +28,8 @@ pub(super) struct Room {
     pub delivered: u64,
     pub members: Vec<RemoteMember>,
     next_member_id: u64,
+    /// The presence count members were last told, and when.
+    announced: (u64, Instant),
 }
 
 /// What to do with a message that arrived on the room's channel.
@@ -41,6 +50,7 @@ impl Room {
             delivered,
             members: Vec::new(),
             next_member_id: 0,
+            announced: (0, Instant::now()),
         }
     }
 
@@ -130,10 +140,42 @@ impl Room {
         self.notify_reset(ResetReason::Epoch);
     }
 
+    /// A join or leave from the presence scripts, for members here.
+    pub fn tell_presence(&mut self, kind: &str, count: u64, user: &str, metrics: &Metrics) {
+        self.announced = (count, Instant::now());
+        let frame = Frame::from(protocol::presence_frame(kind, user, count));
+        self.notify(frame, metrics);
+    }
+
+    /// Announces the count if it changed without an event saying so, at most every
+    /// [`COUNT_EVERY`].
+    pub fn announce_count(&mut self, count: u64, now: Instant, metrics: &Metrics) {
+        let (told, at) = self.announced;
+        if count == told || now < at + COUNT_EVERY {
+            return;
+        }
+        self.announced = (count, now);
+        self.notify(Frame::from(protocol::members_frame(count)), metrics);
+    }
+
+    fn notify(&mut self, frame: Frame, metrics: &Metrics) {
+        self.members.retain(
+            |member| match member.feed.offer(Delivery::Notice(frame.clone())) {
+                Ok(()) => true,
+                Err(Overflow::Full) => {
+                    member.feed.cut();
+                    metrics.slow_reader_dropped();
+                    false
+                }
+                Err(Overflow::Closed) => false,
+            },
+        );
+    }
+
     fn notify_reset(&mut self, reason: ResetReason) {
         let frame = Frame::from(protocol::reset_frame(&self.epoch, self.delivered, reason));
         self.members.retain(|member| {
-            let kept = member.feed.offer(Delivery::Reset(frame.clone())).is_ok();
+            let kept = member.feed.offer(Delivery::Notice(frame.clone())).is_ok();
             if !kept {
                 member.feed.cut();
             }
@@ -186,7 +228,7 @@ mod tests {
         while let Some(delivery) = feed.try_recv() {
             seen.push(match delivery {
                 Delivery::Chat(frame) => frame.to_string(),
-                Delivery::Reset(frame) => {
+                Delivery::Notice(frame) => {
                     let reset: serde_json::Value = serde_json::from_str(&frame).unwrap();
                     format!("reset:{}", reset["reason"].as_str().unwrap())
                 }

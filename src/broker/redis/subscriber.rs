@@ -11,22 +11,28 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
-use redis::{Client, RedisError, Value};
+use redis::{Client, RedisError, RedisResult, Value};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, interval, sleep, timeout};
 
+use super::presence;
 use super::room::{self, Arrival, Room};
 use super::scripts::{self, RoomState};
-use super::wire::{self, Published};
+use super::wire::{self, Payload, Published};
 use super::{Command, Inner, Member, REDIS_TIMEOUT, connect, is_outage, next_backoff, stopping};
 use crate::broker::{
-    MemberHandle, Membership, PAGE_BYTES, PAGE_FRAMES, Resume, Unavailable, plan_replay,
+    MemberHandle, Members, Membership, PAGE_BYTES, PAGE_FRAMES, Resume, Unavailable, Visitor,
+    plan_replay,
 };
 use crate::log;
 
 /// How often the room task drops closed members and pings the pub/sub connection.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// Sweeps between two reaps of expired presence (leaves come at most this late)...
+const REAP_EVERY: u64 = 2;
+/// ...and between two refreshes of this instance's own entries (well inside their life).
+const REFRESH_EVERY: u64 = 20;
 /// A Redis connection that lasted this long was not flapping.
 const STABLE_AFTER: Duration = Duration::from_secs(5);
 
@@ -35,6 +41,8 @@ pub(super) struct RoomTask {
     inner: Arc<Inner>,
     client: Client,
     rooms: HashMap<Arc<str>, Room>,
+    /// Sweeps so far, which times the presence upkeep.
+    sweeps: u64,
 }
 
 /// The live connections of the room task.
@@ -56,6 +64,7 @@ impl RoomTask {
             inner,
             client,
             rooms: HashMap::new(),
+            sweeps: 0,
         }
     }
 
@@ -182,8 +191,8 @@ impl RoomTask {
             let result = tokio::select! {
                 _ = stopping(stopped) => return Served::Stopped,
                 command = queue.recv() => match command {
-                    Some(Command::Join { room, resume, reply, inner }) => {
-                        match self.join(link, room, resume, inner).await {
+                    Some(Command::Join { room, resume, visitor, reply, inner }) => {
+                        match self.join(link, room, resume, visitor, inner).await {
                             Ok(membership) => {
                                 let _ = reply.send(Ok(membership));
                                 Ok(())
@@ -228,6 +237,7 @@ impl RoomTask {
         link: &mut Link,
         name: String,
         resume: Option<Resume>,
+        visitor: Option<Visitor>,
         inner: Arc<Inner>,
     ) -> Result<Membership, RedisError> {
         let name: Arc<str> = Arc::from(name);
@@ -255,19 +265,22 @@ impl RoomTask {
         let queue = (self.inner.send_queue, self.inner.send_queue_bytes);
         let (id, feed, weak_feed) = room.add_member(seq, queue);
         self.inner.metrics.rooms_now(self.rooms.len());
+        let user = visitor.as_ref().map(|v| (v.id.as_str(), &*v.user));
+        // Presence is not worth refusing a join for: without it the count is just unknown.
+        let members = match presence::arrive(&mut link.commands, &self.inner, &name, id, user).await
+        {
+            Ok(members) => members,
+            Err(error) if is_outage(&error) => return Err(error),
+            Err(_) => Members::default(),
+        };
         let member = Member {
             inner,
             room: name,
             id,
             feed: weak_feed,
         };
-        Ok(Membership::new(
-            feed,
-            epoch,
-            seq,
-            replay,
-            MemberHandle::Redis(member),
-        ))
+        let membership = Membership::new(feed, epoch, seq, replay, MemberHandle::Redis(member));
+        Ok(membership.with_members(members))
     }
 
     fn forget(&mut self, room: &str, id: u64) {
@@ -278,6 +291,9 @@ impl RoomTask {
 
     async fn leave(&mut self, link: &mut Link, room: &str, id: u64) -> Result<(), RedisError> {
         self.forget(room, id);
+        let mut pipeline = redis::pipe();
+        presence::add_depart(&mut pipeline, &self.inner, room, id);
+        pipeline.query_async::<()>(&mut link.commands).await?;
         self.unsubscribe_if_empty(link, room).await
     }
 
@@ -312,8 +328,15 @@ impl RoomTask {
         let Ok(payload) = std::str::from_utf8(message.get_payload_bytes()) else {
             return Ok(());
         };
-        let Some(Published { seq, epoch, frame }) = Published::parse(payload) else {
-            return Ok(());
+        let (seq, epoch, frame) = match Payload::parse(payload) {
+            Some(Payload::Chat(Published { seq, epoch, frame })) => (seq, epoch, frame),
+            Some(Payload::Presence { kind, count, user }) => {
+                if let Some(room) = self.rooms.get_mut(name) {
+                    room.tell_presence(kind, count, user, &self.inner.metrics);
+                }
+                return Ok(());
+            }
+            None => return Ok(()),
         };
         match room.arrival(seq, epoch) {
             Arrival::Duplicate => return Ok(()),
@@ -381,9 +404,16 @@ impl RoomTask {
         }
     }
 
-    /// Drops members whose sessions ended without a leave, unsubscribes empty rooms, and
-    /// pings the pub/sub connection so a silent Redis is noticed.
+    /// Drops members whose sessions ended without a leave, unsubscribes empty rooms, keeps
+    /// presence fresh, and pings the pub/sub connection so a silent Redis is noticed.
     async fn sweep(&mut self, link: &mut Link) -> Result<(), RedisError> {
+        self.sweeps += 1;
+        if self.sweeps.is_multiple_of(REAP_EVERY) {
+            self.reap_presence(link).await?;
+        }
+        if self.sweeps.is_multiple_of(REFRESH_EVERY) {
+            self.refresh_presence(link).await?;
+        }
         let mut empty = Vec::new();
         for (name, room) in &mut self.rooms {
             room.members.retain(|member| !member.feed.is_gone());
@@ -398,6 +428,40 @@ impl RoomTask {
             Ok(result) => result.map(drop),
             Err(_) => Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()),
         }
+    }
+}
+
+impl RoomTask {
+    /// Lets expired connections go (announcing users who left), and tells members a count
+    /// that changed without an event.
+    async fn reap_presence(&mut self, link: &mut Link) -> Result<(), RedisError> {
+        let names: Vec<Arc<str>> = self.rooms.keys().cloned().collect();
+        if names.is_empty() {
+            return Ok(());
+        }
+        let mut pipeline = redis::pipe();
+        pipeline.ignore_errors();
+        for name in &names {
+            presence::add_reap(&mut pipeline, &self.inner, name);
+        }
+        let counts: Vec<RedisResult<u64>> = pipeline.query_async(&mut link.commands).await?;
+        let now = Instant::now();
+        for (name, count) in names.iter().zip(counts) {
+            if let (Some(room), Ok(count)) = (self.rooms.get_mut(name), count) {
+                room.announce_count(count, now, &self.inner.metrics);
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps this instance's connections present, so only a crashed instance's expire.
+    async fn refresh_presence(&mut self, link: &mut Link) -> Result<(), RedisError> {
+        let mut pipeline = redis::pipe();
+        for (name, room) in &self.rooms {
+            let ids: Vec<u64> = room.members.iter().map(|member| member.id).collect();
+            presence::add_refresh(&mut pipeline, &self.inner, name, &ids);
+        }
+        pipeline.query_async::<()>(&mut link.commands).await
     }
 }
 

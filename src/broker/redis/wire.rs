@@ -17,6 +17,14 @@ pub struct RoomKeys {
     pub publishers: String,
     /// Bytes of frames the stream holds, for the per-room byte bound.
     pub log_bytes: String,
+    /// Presence: connection → when it expires (a sorted set)...
+    pub present: String,
+    /// ...connection → its user's id ('' for anonymous)...
+    pub present_who: String,
+    /// ...user id → how many connections it has ('' counts anonymous ones)...
+    pub present_counts: String,
+    /// ...and user id → the user as frames show it.
+    pub present_users: String,
 }
 
 const PREFIX: &str = "roomcast:room:{";
@@ -35,6 +43,10 @@ impl RoomKeys {
             log: format!("{base}:log"),
             publishers: format!("{base}:publishers"),
             log_bytes: format!("{base}:bytes"),
+            present: format!("{base}:present"),
+            present_who: format!("{base}:present:who"),
+            present_counts: format!("{base}:present:counts"),
+            present_users: format!("{base}:present:users"),
         }
     }
 }
@@ -52,6 +64,34 @@ pub fn room_of(channel: &str) -> Option<&str> {
 /// The seq of a stream entry id, `<seq>-0`.
 pub fn entry_seq(id: &str) -> Option<u64> {
     id.strip_suffix("-0")?.parse().ok()
+}
+
+/// What arrives on a room's channel.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Payload<'a> {
+    Chat(Published<'a>),
+    /// `P join|leave <count> <user json>`, from the presence scripts.
+    Presence {
+        kind: &'a str,
+        count: u64,
+        user: &'a str,
+    },
+}
+
+impl<'a> Payload<'a> {
+    pub fn parse(payload: &'a str) -> Option<Payload<'a>> {
+        let Some(event) = payload.strip_prefix("P ") else {
+            return Published::parse(payload).map(Payload::Chat);
+        };
+        let (kind, rest) = event.split_once(' ')?;
+        let (count, user) = rest.split_once(' ')?;
+        matches!(kind, "join" | "leave").then_some(())?;
+        Some(Payload::Presence {
+            kind,
+            count: count.parse().ok()?,
+            user,
+        })
+    }
 }
 
 /// One published chat message as it arrives on a room's channel.
@@ -108,6 +148,21 @@ mod tests {
         assert_eq!(Published::parse(&payload), Some(published));
         assert_eq!(Published::parse("x 1 {}"), None);
         assert_eq!(Published::parse("12 only-epoch"), None);
+    }
+
+    #[test]
+    fn presence_events_share_the_channel() {
+        let event = Payload::parse(r#"P join 3 {"id":"1"}"#);
+        assert_eq!(
+            event,
+            Some(Payload::Presence {
+                kind: "join",
+                count: 3,
+                user: r#"{"id":"1"}"#
+            })
+        );
+        assert!(matches!(Payload::parse("5 e1 {}"), Some(Payload::Chat(_))));
+        assert_eq!(Payload::parse("P wave 3 {}"), None);
     }
 
     #[test]

@@ -1,13 +1,20 @@
-//! The embedded broker: in-process rooms with per-room seqs and a bounded history.
+//! The embedded broker: in-process rooms ([room]) with per-room seqs, a bounded history,
+//! presence, and the process-wide [budgets].
+
+mod budgets;
+mod room;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::feed::{self, FeedSender, Overflow};
-use super::history::{self, History, HistoryBudget, HistoryLimits};
+use tokio::time::Instant;
+
+use super::feed;
+use super::history::{HistoryBudget, HistoryLimits};
 use super::ledger::FrameLedger;
+use super::presence::Visitor;
 use super::recent::RecentPublishes;
 use super::{
     Accepted, Delivery, MemberHandle, Membership, PAGE_BYTES, PAGE_FRAMES, Page, Resume,
@@ -16,13 +23,14 @@ use super::{
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::protocol::ChatParts;
+use room::{PresenceRules, Room};
 
 pub struct LocalBroker {
     rooms: Mutex<HashMap<String, Arc<Room>>>,
     limits: HistoryLimits,
     /// Every room's history together.
     history_budget: HistoryBudget,
-    /// One rebalance of the histories at a time.
+    /// One rebalance of the histories (or cut of backlogs) at a time.
     rebalancing: AtomicBool,
     frames: Arc<FrameLedger>,
     /// Frames held for members beyond what history holds, past which the members furthest
@@ -30,6 +38,7 @@ pub struct LocalBroker {
     max_backlog_bytes: usize,
     send_queue: usize,
     send_queue_bytes: usize,
+    presence: PresenceRules,
     metrics: Arc<Metrics>,
     /// Makes epochs unique across restarts, so a resume after one is told to reset.
     epoch_prefix: u64,
@@ -38,35 +47,17 @@ pub struct LocalBroker {
     recent: Mutex<RecentPublishes>,
 }
 
-struct Room {
-    name: String,
-    epoch: String,
-    state: Mutex<RoomState>,
-}
-
-struct RoomState {
-    /// Taken out of the broker's map: its last member left. A session cut just before may
-    /// still publish into it; nothing is kept for it then.
-    closed: bool,
-    seq: u64,
-    history: History,
-    /// The other end of each feed is a session's `Membership::feed`.
-    members: Vec<(u64, FeedSender)>,
-    next_member_id: u64,
-}
-
-impl Room {
-    fn lock(&self) -> MutexGuard<'_, RoomState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
 /// A session's place in a room; leaves the room when dropped.
 pub struct Member {
     broker: Arc<LocalBroker>,
     room: Arc<Room>,
     id: u64,
+    /// Its user's id, for presence: the user stays present while any session of theirs does.
+    user: Option<String>,
 }
+
+/// How often lingering users are let go and empty rooms freed.
+pub const TICK: Duration = Duration::from_secs(1);
 
 impl LocalBroker {
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Arc<LocalBroker> {
@@ -85,6 +76,11 @@ impl LocalBroker {
             max_backlog_bytes: config.backlog_budget_bytes,
             send_queue: config.send_queue,
             send_queue_bytes: config.send_queue_bytes,
+            presence: PresenceRules {
+                linger: config.presence_linger,
+                list: config.presence_list,
+                events_max: config.presence_events_max,
+            },
             metrics,
             epoch_prefix: now.as_micros() as u64,
             rooms_created: AtomicU64::new(0),
@@ -106,33 +102,34 @@ impl LocalBroker {
             .entry(room_name.to_string())
             .or_insert_with(|| {
                 let serial = self.rooms_created.fetch_add(1, Ordering::Relaxed);
-                Arc::new(Room {
-                    name: room_name.to_string(),
-                    epoch: format!("{:x}.{serial:x}", self.epoch_prefix),
-                    state: Mutex::new(RoomState {
-                        closed: false,
-                        seq: 0,
-                        history: History::default(),
-                        members: Vec::new(),
-                        next_member_id: 0,
-                    }),
-                })
+                let epoch = format!("{:x}.{serial:x}", self.epoch_prefix);
+                Arc::new(Room::new(room_name.to_string(), epoch))
             })
             .clone();
         self.metrics.rooms_now(rooms.len());
         room
     }
 
-    pub fn join(self: &Arc<Self>, room_name: &str, resume: Option<Resume>) -> Membership {
+    pub fn join(
+        self: &Arc<Self>,
+        room_name: &str,
+        resume: Option<Resume>,
+        visitor: Option<Visitor>,
+    ) -> Membership {
         let (sender, feed) = feed::channel(self.send_queue, self.send_queue_bytes);
         // The map stays locked until the room is: its last member cannot free it in between.
         let mut rooms = self.rooms();
         let room = self.room_in(&mut rooms, room_name);
         let mut state = room.lock();
         drop(rooms);
-        let id = state.next_member_id;
-        state.next_member_id += 1;
-        state.members.push((id, sender));
+        let arrived = state
+            .presence
+            .arrive(visitor.as_ref().map(|v| (v.id.as_str(), &v.user)));
+        if let Some(change) = arrived {
+            state.tell(change, &self.presence, &self.metrics);
+        }
+        let id = state.add_member(sender);
+        let members = state.presence.members(self.presence.list);
         let replay = plan_replay(
             resume.as_ref(),
             &room.epoch,
@@ -146,23 +143,76 @@ impl LocalBroker {
             broker: Arc::clone(self),
             room,
             id,
+            user: visitor.map(|v| v.id),
         };
-        Membership::new(feed, epoch, seq, replay, MemberHandle::Local(member))
+        Membership::new(feed, epoch, seq, replay, MemberHandle::Local(member)).with_members(members)
     }
 
-    fn leave(&self, room: &Arc<Room>, id: u64) {
+    fn leave(&self, room: &Arc<Room>, id: u64, user: Option<&str>) {
         let mut rooms = self.rooms();
         let mut state = room.lock();
-        state.members.retain(|(member_id, _)| *member_id != id);
+        state.remove_member(id);
+        let departed = state
+            .presence
+            .depart(user, Instant::now(), self.presence.linger);
+        if let Some(change) = departed {
+            state.tell(change, &self.presence, &self.metrics);
+        }
+        self.free_if_empty(&mut rooms, room, &mut state);
+    }
+
+    /// Frees a room with no member and nobody lingering.
+    fn free_if_empty(
+        &self,
+        rooms: &mut HashMap<String, Arc<Room>>,
+        room: &Arc<Room>,
+        state: &mut room::RoomState,
+    ) {
+        if state.members.is_empty() && state.presence.count() == 0 {
+            self.free(rooms, room, state);
+        }
+    }
+
+    /// Takes an empty room out of the map, with its history.
+    fn free(
+        &self,
+        rooms: &mut HashMap<String, Arc<Room>>,
+        room: &Arc<Room>,
+        state: &mut room::RoomState,
+    ) {
         let is_current = rooms
             .get(&room.name)
             .is_some_and(|current| Arc::ptr_eq(current, room));
-        if state.members.is_empty() && is_current {
-            rooms.remove(&room.name);
-            state.closed = true;
-            let freed = state.history.trim_to(0);
-            self.history_budget.charge(0, freed);
-            self.metrics.rooms_now(rooms.len());
+        if !is_current {
+            return;
+        }
+        rooms.remove(&room.name);
+        state.closed = true;
+        let freed = state.history.trim_to(0);
+        self.history_budget.charge(0, freed);
+        self.metrics.rooms_now(rooms.len());
+    }
+
+    /// Lets users whose linger ran out leave, announces changed counts, and frees rooms
+    /// nobody is in any more.
+    pub fn tick(&self, now: Instant) {
+        let mut empty = Vec::new();
+        for room in self.all_rooms() {
+            let mut state = room.lock();
+            for change in state.presence.expire(now) {
+                state.tell(change, &self.presence, &self.metrics);
+            }
+            state.announce_count(now, &self.metrics);
+            let nobody = state.members.is_empty() && state.presence.count() == 0;
+            drop(state);
+            if nobody {
+                empty.push(room);
+            }
+        }
+        let mut rooms = self.rooms();
+        for room in empty {
+            let mut state = room.lock();
+            self.free_if_empty(&mut rooms, &room, &mut state);
         }
     }
 
@@ -171,60 +221,15 @@ impl LocalBroker {
         self.rooms().values().cloned().collect()
     }
 
-    /// Cuts the largest histories down to a common level, under the process-wide budget.
-    fn rebalance_histories(&self) {
-        if self.rebalancing.swap(true, Ordering::Acquire) {
-            return;
-        }
-        let rooms = self.all_rooms();
-        let mut sizes: Vec<usize> = rooms.iter().map(|r| r.lock().history.bytes()).collect();
-        let level = history::fair_level(&mut sizes, self.history_budget.target());
-        for room in &rooms {
-            let freed = room.lock().history.trim_to(level);
-            self.history_budget.charge(0, freed);
-        }
-        self.rebalancing.store(false, Ordering::Release);
-    }
-
-    /// Frames that only members' feeds still hold (history holds the rest).
-    fn backlog_bytes(&self) -> usize {
-        self.frames
-            .alive()
-            .saturating_sub(self.history_budget.used())
-    }
-
-    /// Past the backlog budget, cuts the members furthest behind until it holds again.
-    fn cut_largest_backlogs(&self) {
-        if self.rebalancing.swap(true, Ordering::Acquire) {
-            return;
-        }
-        let mut behind: Vec<(usize, Arc<Room>, u64)> = Vec::new();
-        for room in self.all_rooms() {
-            let state = room.lock();
-            for (id, feed) in &state.members {
-                let backlog = feed.backlog();
-                if backlog > 0 {
-                    behind.push((backlog, Arc::clone(&room), *id));
-                }
-            }
-        }
-        behind.sort_unstable_by_key(|entry| std::cmp::Reverse(entry.0));
-        for (_, room, id) in behind {
-            if self.backlog_bytes() <= self.max_backlog_bytes / 2 {
-                break;
-            }
-            let mut state = room.lock();
-            if let Some(at) = state.members.iter().position(|(m, _)| *m == id) {
-                let (_, feed) = state.members.swap_remove(at);
-                feed.cut();
-                self.metrics.slow_reader_dropped();
-            }
-        }
-        self.rebalancing.store(false, Ordering::Release);
-    }
-
     pub fn frame_bytes(&self) -> usize {
         self.frames.alive()
+    }
+
+    /// Who is in a room: a count, and up to `list` users.
+    pub fn presence(&self, room_name: &str, list: usize) -> super::presence::Members {
+        let room = self.rooms().get(room_name).cloned();
+        room.map(|room| room.lock().presence.members(list))
+            .unwrap_or_default()
     }
 
     #[cfg(test)]
@@ -267,7 +272,8 @@ impl LocalBroker {
         }
         let room = self.room(room_name);
         let accepted = self.publish_in(&room, chat);
-        self.leave(&room, u64::MAX);
+        let mut rooms = self.rooms();
+        self.free_if_empty(&mut rooms, &room, &mut room.lock());
         if remember {
             let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
             recent.insert(room_name, idempotency, accepted.clone());
@@ -275,47 +281,31 @@ impl LocalBroker {
         accepted
     }
 
-    /// Assigns the next seq, encodes the frame once and queues it to every member.
+    /// Assigns the next seq, encodes the frame once and queues it to every member. A member
+    /// whose feed is full is cut: its session tells it to resume with `since`, so one slow
+    /// reader never slows the room.
     fn publish_in(&self, room: &Arc<Room>, chat: &ChatParts) -> Accepted {
-        let broker = self;
         let mut state = room.lock();
         state.seq += 1;
         let seq = state.seq;
-        let frame = broker.frames.frame(chat.with_seq(seq));
+        let frame = self.frames.frame(chat.with_seq(seq));
         let (added, freed) = if state.closed {
             (0, 0)
         } else {
-            state.history.push(seq, frame.clone(), broker.limits)
+            state.history.push(seq, frame.clone(), self.limits)
         };
-        let mut delivered = 0;
-        let mut dropped = 0;
-        // A member whose feed is full is cut: its session tells it to resume with `since`,
-        // so one slow reader never slows the room.
-        state.members.retain(
-            |(_, member)| match member.offer(Delivery::Chat(frame.clone())) {
-                Ok(()) => {
-                    delivered += 1;
-                    true
-                }
-                Err(Overflow::Full) => {
-                    member.cut();
-                    dropped += 1;
-                    false
-                }
-                Err(Overflow::Closed) => false,
-            },
-        );
+        let (delivered, cut) = state.fan_out(&Delivery::Chat(frame));
         drop(state);
-        broker.history_budget.charge(added, freed);
-        broker.metrics.frames_queued(delivered);
-        for _ in 0..dropped {
-            broker.metrics.slow_reader_dropped();
+        self.history_budget.charge(added, freed);
+        self.metrics.frames_queued(delivered);
+        for _ in 0..cut {
+            self.metrics.slow_reader_dropped();
         }
-        if broker.history_budget.is_over() {
-            broker.rebalance_histories();
+        if self.history_budget.is_over() {
+            self.rebalance_histories();
         }
-        if broker.backlog_bytes() > broker.max_backlog_bytes {
-            broker.cut_largest_backlogs();
+        if self.backlog_bytes() > self.max_backlog_bytes {
+            self.cut_largest_backlogs();
         }
         Accepted {
             seq,
@@ -326,7 +316,7 @@ impl LocalBroker {
 
 impl Drop for Member {
     fn drop(&mut self) {
-        self.broker.leave(&self.room, self.id);
+        self.broker.leave(&self.room, self.id, self.user.as_deref());
     }
 }
 
@@ -365,8 +355,8 @@ mod tests {
     #[test]
     fn members_get_every_message_in_order_with_seqs() {
         let broker = broker(10, 16);
-        let mut alice = broker.join("lobby", None);
-        let mut bob = broker.join("lobby", None);
+        let mut alice = broker.join("lobby", None, None);
+        let mut bob = broker.join("lobby", None, None);
         publish(&alice, "one");
         publish(&bob, "two");
         for member in [&mut alice, &mut bob] {
@@ -384,8 +374,8 @@ mod tests {
     #[test]
     fn rooms_are_isolated_and_freed_when_empty() {
         let broker = broker(10, 16);
-        let lobby = broker.join("lobby", None);
-        let mut other = broker.join("other", None);
+        let lobby = broker.join("lobby", None, None);
+        let mut other = broker.join("other", None, None);
         publish(&lobby, "hi");
         assert!(other.feed.try_recv().is_none());
         assert_eq!(broker.room_count(), 2);
@@ -393,7 +383,7 @@ mod tests {
         drop(lobby);
         assert_eq!(broker.room_count(), 1);
         assert_eq!(broker.history_budget.used(), 0, "its history is freed");
-        let again = broker.join("lobby", None);
+        let again = broker.join("lobby", None, None);
         assert_eq!(again.seq, 0);
         assert_ne!(again.epoch, first_epoch);
     }
@@ -401,7 +391,7 @@ mod tests {
     #[test]
     fn resume_replays_from_history_a_page_at_a_time() {
         let broker = broker(3, 16);
-        let keeper = broker.join("lobby", None);
+        let keeper = broker.join("lobby", None, None);
         for n in 1..=5 {
             publish(&keeper, &n.to_string());
         }
@@ -411,7 +401,7 @@ mod tests {
                 epoch: Some(keeper.epoch.clone()),
             })
         };
-        let resumed = broker.join("lobby", since(3));
+        let resumed = broker.join("lobby", since(3), None);
         assert!(matches!(
             resumed.replay,
             Replay::From {
@@ -425,7 +415,7 @@ mod tests {
         };
         let page = member.replay_page(3, resumed.seq);
         assert_eq!((page.frames.len(), page.last, page.gap), (2, 5, false));
-        let trimmed = broker.join("lobby", since(1));
+        let trimmed = broker.join("lobby", since(1), None);
         assert!(matches!(
             trimmed.replay,
             Replay::From { reset: Some(_), .. }
@@ -435,8 +425,8 @@ mod tests {
     #[test]
     fn a_full_feed_cuts_only_that_member() {
         let broker = broker(0, 2);
-        let mut slow = broker.join("lobby", None);
-        let mut fast = broker.join("lobby", None);
+        let mut slow = broker.join("lobby", None, None);
+        let mut fast = broker.join("lobby", None, None);
         for n in 0..3 {
             publish(&fast, &n.to_string());
             fast.feed.try_recv().unwrap();
@@ -459,10 +449,10 @@ mod tests {
             ..Config::default()
         };
         let broker = LocalBroker::new(&config, Arc::new(Metrics::default()));
-        let quiet = broker.join("quiet", None);
+        let quiet = broker.join("quiet", None, None);
         publish(&quiet, "small");
         let loud: Vec<Membership> = (0..4)
-            .map(|n| broker.join(&format!("loud{n}"), None))
+            .map(|n| broker.join(&format!("loud{n}"), None, None))
             .collect();
         let big = "x".repeat(4000);
         for _ in 0..10 {
@@ -484,7 +474,7 @@ mod tests {
     #[test]
     fn a_publish_into_a_room_freed_meanwhile_keeps_nothing() {
         let broker = broker(10, 16);
-        let member = broker.join("lobby", None);
+        let member = broker.join("lobby", None, None);
         let MemberHandle::Local(handle) = &member.handle else {
             unreachable!()
         };
@@ -504,8 +494,8 @@ mod tests {
             ..Config::default()
         };
         let broker = LocalBroker::new(&config, Arc::new(Metrics::default()));
-        let stuck = broker.join("a", None);
-        let mut reader = broker.join("b", None);
+        let stuck = broker.join("a", None, None);
+        let mut reader = broker.join("b", None, None);
         for _ in 0..20 {
             publish(&stuck, &"y".repeat(4000));
             publish(&reader, "z");
@@ -514,5 +504,68 @@ mod tests {
         assert!(broker.frame_bytes() <= 50_000, "{}", broker.frame_bytes());
         publish(&reader, "still here");
         assert!(reader.feed.try_recv().is_some(), "the reader is not cut");
+    }
+
+    fn visitor(id: &str, name: &str) -> Option<Visitor> {
+        Some(Visitor {
+            id: id.into(),
+            user: Arc::from(format!(r#"{{"id":"{id}","name":"{name}"}}"#)),
+        })
+    }
+
+    fn notices(feed: &mut Feed) -> Vec<String> {
+        let mut seen = Vec::new();
+        while let Some(delivery) = feed.try_recv() {
+            if let Delivery::Notice(frame) = delivery {
+                let notice: serde_json::Value = serde_json::from_str(&frame).unwrap();
+                seen.push(format!(
+                    "{} {}",
+                    notice["type"].as_str().unwrap(),
+                    notice["count"]
+                ));
+            }
+        }
+        seen
+    }
+
+    fn lingering(linger_ms: u64) -> Arc<LocalBroker> {
+        let config = Config {
+            presence_linger: Duration::from_millis(linger_ms),
+            ..Config::default()
+        };
+        LocalBroker::new(&config, Arc::new(Metrics::default()))
+    }
+
+    #[test]
+    fn joins_and_leaves_are_told_and_a_reconnect_within_the_linger_is_neither() {
+        let broker = lingering(5000);
+        let mut watcher = broker.join("lobby", None, None);
+        let ada = broker.join("lobby", None, visitor("1", "Ada"));
+        assert_eq!(ada.members.count, 2);
+        assert_eq!(notices(&mut watcher.feed), ["join 2"]);
+        drop(ada);
+        let back = broker.join("lobby", None, visitor("1", "Ada"));
+        broker.tick(Instant::now() + Duration::from_secs(10));
+        assert!(notices(&mut watcher.feed).is_empty(), "no leave, no join");
+        drop(back);
+        broker.tick(Instant::now() + Duration::from_secs(10));
+        assert_eq!(notices(&mut watcher.feed), ["leave 1"]);
+        assert_eq!(broker.presence("lobby", 10).count, 1);
+    }
+
+    #[test]
+    fn a_room_waits_for_its_lingering_users_before_it_is_freed() {
+        let broker = lingering(5000);
+        let ada = broker.join("lobby", None, visitor("1", "Ada"));
+        let epoch = ada.epoch.clone();
+        drop(ada);
+        assert_eq!(broker.room_count(), 1, "kept while Ada lingers");
+        let reload = broker.join("lobby", None, visitor("1", "Ada"));
+        assert_eq!(reload.epoch, epoch, "a reload keeps the room's history");
+        drop(reload);
+        broker.tick(Instant::now() + Duration::from_secs(10));
+        assert_eq!(broker.room_count(), 0);
+        let anonymous = lingering(5000).join("quiet", None, None);
+        drop(anonymous);
     }
 }
