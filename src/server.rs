@@ -202,6 +202,7 @@ fn endpoints(shared: &Shared, listener: Listener) -> Endpoints<'_> {
         addresses: &shared.addresses,
         auth: &shared.auth,
         broker: &shared.broker,
+        page: &shared.page,
         listener,
     }
 }

@@ -2,10 +2,11 @@
 
 use std::sync::Arc;
 
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, Mode};
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::health::Health;
+use crate::http::Page;
 use crate::limits::{AddressTable, RateLimit};
 use crate::metrics::Metrics;
 use crate::session::gate::InboundBudget;
@@ -22,6 +23,8 @@ pub struct Shared {
     /// How fast one connection may publish.
     pub publish_rate: RateLimit,
     pub auth: Authenticator,
+    /// The chat page with this server's settings, built once.
+    pub page: Page,
 }
 
 impl Shared {
@@ -43,6 +46,12 @@ impl Shared {
             config.auth_secrets.clone(),
             config.auth_audience.clone(),
         );
+        let auth_mode = match config.auth {
+            Mode::Off => "off",
+            Mode::Optional => "optional",
+            Mode::Required => "required",
+        };
+        let page = Page::new(auth_mode, config.token_url.as_deref());
         Shared {
             config,
             health,
@@ -52,6 +61,7 @@ impl Shared {
             addresses,
             publish_rate,
             auth,
+            page,
         }
     }
 }

@@ -24,6 +24,40 @@ pub struct Publish {
 /// A refusal: the status code and what to say.
 pub type Refusal = (u16, &'static str);
 
+/// Checks a presence request's head: the key, GET, no body.
+pub fn check_read(head: &Head, api_key: Option<&Secret>) -> Result<(), Refusal> {
+    let Some(api_key) = api_key else {
+        return Err((404, "the API is off: set ROOMCAST_API_KEY"));
+    };
+    if head.method != "GET" {
+        return Err((405, "only GET is served here"));
+    }
+    authorize(head, api_key)?;
+    let has_body = head.header("transfer-encoding").is_some()
+        || head
+            .header("content-length")
+            .is_some_and(|length| length != "0");
+    if has_body {
+        return Err((400, "request bodies are not accepted here"));
+    }
+    Ok(())
+}
+
+/// The bearer key matches; a browser (anything sending `Origin`) may not call the API.
+fn authorize(head: &Head, api_key: &Secret) -> Result<(), Refusal> {
+    let offered = head
+        .header("authorization")
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !constant_time_eq(offered.trim().as_bytes(), &api_key.0) {
+        return Err((401, "missing or wrong API key"));
+    }
+    if head.header("origin").is_some() {
+        return Err((403, "browsers may not call the API"));
+    }
+    Ok(())
+}
+
 /// Checks a publish request's head: key, content type and length, idempotency key.
 pub fn check(
     head: &Head,
@@ -37,17 +71,7 @@ pub fn check(
     if head.method != "POST" {
         return Err((405, "only POST is served here"));
     }
-    let offered = head
-        .header("authorization")
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if !constant_time_eq(offered.trim().as_bytes(), &api_key.0) {
-        return Err((401, "missing or wrong API key"));
-    }
-    // A browser page elsewhere must not post with someone's credentials; backends send no Origin.
-    if head.header("origin").is_some() {
-        return Err((403, "browsers may not call the API"));
-    }
+    authorize(head, api_key)?;
     let json = head
         .header("content-type")
         .and_then(|value| value.split(';').next())
@@ -100,6 +124,30 @@ pub async fn publish(request: &Publish, body: &[u8], broker: &Broker) -> Vec<u8>
         }
     }
 }
+
+/// Who is in a room, over every instance: `{"count": N, "users": [...]}`.
+pub async fn presence(room: &str, broker: &Broker) -> Vec<u8> {
+    match broker.presence(room, PRESENCE_LIST).await {
+        Ok(members) => {
+            let mut body = format!("{{\"count\":{},\"users\":[", members.count);
+            for (index, user) in members.users.iter().enumerate() {
+                if index > 0 {
+                    body.push(',');
+                }
+                body.push_str(user);
+            }
+            body.push_str("]}");
+            json_response(200, &body, None)
+        }
+        Err(Unavailable) => {
+            let body = r#"{"error":"broker unavailable: try again"}"#;
+            json_response(503, body, Some(Duration::from_secs(1)))
+        }
+    }
+}
+
+/// Users the presence API lists at most.
+const PRESENCE_LIST: usize = 1000;
 
 pub fn error(status: u16, reason: &str) -> Vec<u8> {
     let mut body = String::from("{\"error\":");

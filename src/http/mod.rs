@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 
 pub use head::{MAX_HEAD_BYTES, MAX_HEADERS};
-pub use response::{BUSY, Status};
+pub use response::{BUSY, Page, Status};
 pub use route::{Endpoints, Listener};
 pub use upgrade::{Origins, Target, Upgrade};
 
@@ -109,6 +109,13 @@ pub async fn serve(
             Answer::Api(response) => {
                 send_and_close(stream, &response, write_limit).await;
                 return None;
+            }
+            Answer::Presence(room) => {
+                let response = api::presence(&room, endpoints.broker).await;
+                let written = timeout(write_limit, stream.write_all(&response)).await;
+                if !matches!(written, Ok(Ok(()))) || !head.keep_alive() || shutdown.is_signalled() {
+                    return None;
+                }
             }
             Answer::Publish(publish) => {
                 let Some(body) =

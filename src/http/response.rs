@@ -1,8 +1,6 @@
 //! Responses: the fixed health answers as byte literals, error answers with a one-line
 //! reason, and 200s with a body.
 
-use std::sync::OnceLock;
-
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use sha2::{Digest, Sha256};
@@ -128,28 +126,80 @@ pub fn json_response(status: u16, body: &str, retry_after: Option<std::time::Dur
     .into_bytes()
 }
 
-/// The page with the headers that keep it to itself: a Content-Security-Policy that allows
-/// only its own inline script and style (by hash) and WebSockets to its own origin, no
-/// framing, no MIME sniffing, no referrer.
-pub fn page_response(head_only: bool) -> Vec<u8> {
-    static HEAD: OnceLock<String> = OnceLock::new();
-    let head = HEAD.get_or_init(|| {
-        let policy = content_security_policy(CHAT_PAGE);
-        format!(
+/// The chat page as this server serves it: its settings in a `<meta name="roomcast-config">`
+/// tag (`{"auth": "off"|"optional"|"required", "tokenUrl": "…"}`), and the headers that keep
+/// it to itself: a Content-Security-Policy that allows only its own inline script and style
+/// (by hash) and connections to its own origin (and the token URL's), no framing, no MIME
+/// sniffing, no referrer. Built once at start.
+pub struct Page {
+    response: Vec<u8>,
+    head_length: usize,
+}
+
+/// Where the page's settings go.
+const CONFIG_PLACEHOLDER: &str = r#"<meta name="roomcast-config" content="{}">"#;
+
+impl Page {
+    pub fn new(auth: &str, token_url: Option<&str>) -> Page {
+        let mut settings = format!("{{\"auth\":\"{auth}\"");
+        if let Some(url) = token_url {
+            settings.push_str(",\"tokenUrl\":");
+            crate::protocol::push_json_string(&mut settings, url);
+        }
+        settings.push('}');
+        let tag = format!(
+            r#"<meta name="roomcast-config" content="{}">"#,
+            html_attribute(&settings)
+        );
+        let body = CHAT_PAGE.replacen(CONFIG_PLACEHOLDER, &tag, 1);
+        let mut connect = String::from("'self'");
+        if let Some(origin) = token_url.and_then(origin_of) {
+            connect.push(' ');
+            connect.push_str(origin);
+        }
+        let policy = content_security_policy(&body, &connect);
+        let head = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nCache-Control: no-store\r\n\
              Content-Security-Policy: {policy}\r\nX-Content-Type-Options: nosniff\r\n\
              X-Frame-Options: DENY\r\nReferrer-Policy: no-referrer\r\nContent-Length: {}\r\n\r\n",
-            CHAT_PAGE.len()
-        )
-    });
-    let mut response = head.as_bytes().to_vec();
-    if !head_only {
-        response.extend_from_slice(CHAT_PAGE.as_bytes());
+            body.len()
+        );
+        let mut response = head.into_bytes();
+        let head_length = response.len();
+        response.extend_from_slice(body.as_bytes());
+        Page {
+            response,
+            head_length,
+        }
     }
-    response
+
+    pub fn response(&self, head_only: bool) -> Vec<u8> {
+        let end = if head_only {
+            self.head_length
+        } else {
+            self.response.len()
+        };
+        self.response[..end].to_vec()
+    }
 }
 
-fn content_security_policy(page: &str) -> String {
+/// `scheme://host[:port]` of an absolute URL.
+fn origin_of(url: &str) -> Option<&str> {
+    let after_scheme = url.find("://")? + 3;
+    let end = url[after_scheme..]
+        .find('/')
+        .map_or(url.len(), |at| after_scheme + at);
+    Some(&url[..end])
+}
+
+fn html_attribute(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('"', "&quot;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+fn content_security_policy(page: &str, connect: &str) -> String {
     let hash = |tag: &str| {
         let open = format!("<{tag}>");
         let close = format!("</{tag}>");
@@ -163,7 +213,7 @@ fn content_security_policy(page: &str) -> String {
         )
     };
     format!(
-        "default-src 'none'; script-src {}; style-src {}; connect-src 'self'; img-src 'self'; \
+        "default-src 'none'; script-src {}; style-src {}; connect-src {connect}; img-src 'self'; \
          base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
         hash("script"),
         hash("style")
@@ -219,7 +269,9 @@ mod tests {
             false
         )));
         assert!(head_of(HEALTHZ).ends_with(b"\r\n\r\n"));
-        assert!(content_length_matches(&page_response(false)));
+        assert!(content_length_matches(
+            &Page::new("off", None).response(false)
+        ));
         assert!(content_length_matches(&json_response(
             413,
             r#"{"error":"x"}"#,
@@ -229,7 +281,7 @@ mod tests {
 
     #[test]
     fn the_policy_names_the_pages_inline_script_and_style() {
-        let policy = content_security_policy("<style>a{}</style><script>go()</script>");
+        let policy = content_security_policy("<style>a{}</style><script>go()</script>", "'self'");
         let script = STANDARD.encode(Sha256::digest(b"go()"));
         assert!(
             policy.contains(&format!("script-src 'sha256-{script}'")),
@@ -237,7 +289,19 @@ mod tests {
         );
         assert!(policy.contains("frame-ancestors 'none'"));
         assert!(!policy.contains("unsafe-inline"));
-        let head = String::from_utf8(page_response(true)).unwrap();
+        let page = Page::new("required", Some("https://app.example/auth/token?x=\"y\""));
+        let head = String::from_utf8(page.response(true)).unwrap();
         assert!(head.contains("Content-Security-Policy: default-src 'none'"));
+        assert!(
+            head.contains("connect-src 'self' https://app.example;"),
+            "{head}"
+        );
+        let body = String::from_utf8(page.response(false)).unwrap();
+        assert!(
+            body.contains(
+                r#"content="{&quot;auth&quot;:&quot;required&quot;,&quot;tokenUrl&quot;:"#
+            )
+        );
+        assert!(!body.contains(CONFIG_PLACEHOLDER));
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::api::{self, Publish};
 use super::head::Head;
-use super::response::{HEALTHZ, NOT_READY, READY, Status, head_of, ok_response, page_response};
+use super::response::{HEALTHZ, NOT_READY, Page, READY, Status, head_of, ok_response};
 use super::upgrade::{Origins, Target, Upgrade};
 use crate::auth::Authenticator;
 use crate::broker::{Broker, Resume};
@@ -32,6 +32,7 @@ pub struct Endpoints<'a> {
     pub addresses: &'a Arc<AddressTable>,
     pub auth: &'a Authenticator,
     pub broker: &'a Broker,
+    pub page: &'a Page,
     pub listener: Listener,
 }
 
@@ -48,6 +49,8 @@ pub enum Answer {
     Api(Vec<u8>),
     /// An API publish whose body is still to be read.
     Publish(Publish),
+    /// The presence API for a room.
+    Presence(String),
     Upgrade(Box<Upgrade>),
 }
 
@@ -78,7 +81,7 @@ pub fn answer(head: &Head, endpoints: &Endpoints<'_>, client: IpAddr) -> Answer 
         }
     };
     let page = || Answer::Respond {
-        bytes: page_response(head_only),
+        bytes: endpoints.page.response(head_only),
         keep_alive,
     };
     let metrics_here = match endpoints.listener {
@@ -112,25 +115,33 @@ pub fn answer(head: &Head, endpoints: &Endpoints<'_>, client: IpAddr) -> Answer 
     }
 }
 
-/// The API: `rooms/<room>/messages` for now.
+/// The API: `rooms/<room>/messages` (POST) and `rooms/<room>/presence` (GET).
 fn api_call(head: &Head, call: &str, endpoints: &Endpoints<'_>, client: IpAddr) -> Answer {
     let config = endpoints.config;
-    let room = call
+    let Some((room, what)) = call
         .strip_prefix("rooms/")
-        .and_then(|rest| rest.strip_suffix("/messages"));
-    let Some(room) = room else {
+        .and_then(|rest| rest.split_once('/'))
+    else {
         return Answer::Api(api::error(404, "no such API"));
     };
     if !protocol::is_valid_room(room) {
         return Answer::Api(api::error(404, "room names are 1-100 of A-Z a-z 0-9 - _ ."));
     }
-    let max_body = config.max_message_bytes + FRAME_OVERHEAD;
-    let publish = match api::check(head, room, config.api_key.as_ref(), max_body) {
-        Ok(publish) => publish,
+    let checked = match what {
+        "messages" => {
+            let max_body = config.max_message_bytes + FRAME_OVERHEAD;
+            api::check(head, room, config.api_key.as_ref(), max_body).map(Answer::Publish)
+        }
+        "presence" => api::check_read(head, config.api_key.as_ref())
+            .map(|()| Answer::Presence(room.to_string())),
+        _ => Err((404, "no such API")),
+    };
+    let answer = match checked {
+        Ok(answer) => answer,
         Err((status, reason)) => return Answer::Api(api::error(status, reason)),
     };
     match endpoints.addresses.upgrade(client) {
-        Ok(()) => Answer::Publish(publish),
+        Ok(()) => answer,
         Err(too_many) => Answer::TooMany(too_many),
     }
 }
@@ -230,6 +241,7 @@ mod tests {
             addresses: &addresses,
             auth: &auth,
             broker: &broker,
+            page: &Page::new("off", None),
             listener: Listener::Public,
         };
         answer(&head_for(request), &endpoints, "192.0.2.1".parse().unwrap())
