@@ -183,6 +183,26 @@ impl Page {
     }
 }
 
+/// A person who followed a bad room link gets a page saying so, not a bare 404.
+pub fn not_found_page(head_only: bool) -> Vec<u8> {
+    const BODY: &str = "<!doctype html><html lang=\"en\"><meta charset=\"utf-8\">\
+        <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+        <title>No such room</title><h1>No such room</h1>\
+        <p>Room names are 1 to 100 characters of letters, digits, <code>-</code>, \
+        <code>_</code> and <code>.</code>.</p><p><a href=\"/\">Go to the lobby</a></p>\n";
+    let mut response = format!(
+        "HTTP/1.1 404 Not Found\r\nContent-Type: text/html; charset=utf-8\r\n\
+         Content-Security-Policy: default-src 'none'\r\nX-Content-Type-Options: nosniff\r\n\
+         Connection: close\r\nContent-Length: {}\r\n\r\n",
+        BODY.len()
+    )
+    .into_bytes();
+    if !head_only {
+        response.extend_from_slice(BODY.as_bytes());
+    }
+    response
+}
+
 /// `scheme://host[:port]` of an absolute URL.
 fn origin_of(url: &str) -> Option<&str> {
     let after_scheme = url.find("://")? + 3;

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use super::api::{self, Publish};
 use super::head::Head;
-use super::response::{HEALTHZ, NOT_READY, Page, READY, Status, head_of, ok_response};
+use super::response::{
+    HEALTHZ, NOT_READY, Page, READY, Status, head_of, not_found_page, ok_response,
+};
 use super::upgrade::{Origins, Target, Upgrade};
 use crate::auth::Authenticator;
 use crate::broker::{Broker, Resume};
@@ -105,6 +107,10 @@ pub fn answer(head: &Head, endpoints: &Endpoints<'_>, client: IpAddr) -> Answer 
         "/" => page(),
         "/ws/echo" if endpoints.config.echo => upgrade(head, endpoints, Target::Echo, client),
         path if room_in(path, "/chat/").is_some() => page(),
+        path if path.starts_with("/chat/") => Answer::Respond {
+            bytes: not_found_page(head_only),
+            keep_alive: false,
+        },
         path => match room_in(path, "/ws/chat/") {
             Some(room) => match chat_target(room, &head.query) {
                 Ok(target) => upgrade(head, endpoints, target, client),
@@ -283,7 +289,6 @@ mod tests {
         let cases = [
             ("POST /healthz HTTP/1.1\r\n\r\n", Status::MethodNotAllowed),
             ("GET /nope HTTP/1.1\r\n\r\n", Status::NotFound),
-            ("GET /chat/bad%20room/ HTTP/1.1\r\n\r\n", Status::NotFound),
             (
                 "GET /ws/chat/lobby/ HTTP/1.1\r\n\r\n",
                 Status::UpgradeRequired,
@@ -299,6 +304,14 @@ mod tests {
                 Answer::Reject(status, _) => assert_eq!(status, expected, "{request}"),
                 _ => panic!("{request} was not rejected"),
             }
+        }
+        // A bad room link gets a page a person can read.
+        match route("GET /chat/bad%20room/ HTTP/1.1\r\n\r\n", &config) {
+            Answer::Respond { bytes, .. } => {
+                let text = String::from_utf8(bytes).unwrap();
+                assert!(text.starts_with("HTTP/1.1 404") && text.contains("text/html"));
+            }
+            _ => panic!("a bad room link is answered with a page"),
         }
         for query in ["since=x", "since=+3", "recent=-1", "epoch=a%20b"] {
             let request = format!("GET /ws/chat/lobby/?{query} HTTP/1.1\r\n{UPGRADE}\r\n");
