@@ -48,6 +48,7 @@ pub const ENV_SOCKET_SEND_BUFFER: &str = "ROOMCAST_SOCKET_SEND_BUFFER";
 pub const ENV_PRESENCE_LINGER_MS: &str = "ROOMCAST_PRESENCE_LINGER_MS";
 pub const ENV_PRESENCE_LIST: &str = "ROOMCAST_PRESENCE_LIST";
 pub const ENV_PRESENCE_EVENTS_MAX: &str = "ROOMCAST_PRESENCE_EVENTS_MAX";
+pub const ENV_PRESENCE_TTL_MS: &str = "ROOMCAST_PRESENCE_TTL_MS";
 pub const ENV_AUTH: &str = "ROOMCAST_AUTH";
 pub const ENV_AUTH_SECRET: &str = "ROOMCAST_AUTH_SECRET";
 pub const ENV_AUTH_PREVIOUS_SECRET: &str = "ROOMCAST_AUTH_PREVIOUS_SECRET";
@@ -129,6 +130,9 @@ pub struct Config {
     pub presence_list: usize,
     /// Past this many present, joins and leaves are not announced one by one.
     pub presence_events_max: u64,
+    /// Redis: how long a connection stays present without its instance refreshing it, so
+    /// how long a crashed instance's members take to leave.
+    pub presence_ttl: Duration,
     pub auth: Mode,
     /// The signing secret, then the previous one during a rotation.
     pub auth_secrets: Vec<Secret>,
@@ -178,6 +182,7 @@ impl Default for Config {
             presence_linger: Duration::from_secs(5),
             presence_list: 100,
             presence_events_max: 1000,
+            presence_ttl: Duration::from_secs(60),
             auth: Mode::Off,
             auth_secrets: Vec::new(),
             auth_audience: "roomcast".into(),
@@ -337,6 +342,7 @@ impl Config {
                 defaults.presence_events_max as usize,
                 0..=1_000_000,
             )? as u64,
+            presence_ttl: source.millis(ENV_PRESENCE_TTL_MS, defaults.presence_ttl, 3000)?,
             auth: source.parse(ENV_AUTH, defaults.auth, |v| match v {
                 "off" => Ok(Mode::Off),
                 "optional" => Ok(Mode::Optional),

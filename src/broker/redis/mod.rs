@@ -73,6 +73,8 @@ struct Inner {
     presence_linger_ms: u64,
     presence_list: usize,
     presence_events_max: u64,
+    /// A connection's presence entry lives this long without a refresh.
+    presence_ttl_ms: u64,
     history: usize,
     history_bytes: usize,
     room_ttl_secs: u64,
@@ -135,6 +137,7 @@ impl RedisBroker {
             presence_linger_ms: config.presence_linger.as_millis() as u64,
             presence_list: config.presence_list,
             presence_events_max: config.presence_events_max,
+            presence_ttl_ms: config.presence_ttl.as_millis() as u64,
             history: config.history,
             history_bytes: config.history_bytes,
             room_ttl_secs: config.room_ttl.as_secs().max(1),

@@ -25,7 +25,7 @@ for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[7]) end
 local anonymous = tonumber(redis.call('HGET', KEYS[3], '') or '0')
 local count = redis.call('HLEN', KEYS[4]) + anonymous
 if ARGV[3] ~= '' and first and count <= tonumber(ARGV[5]) then
-  redis.call('PUBLISH', ARGV[6], 'P join ' .. count .. ' ' .. ARGV[4])
+  redis.call('PUBLISH', ARGV[6], 'P join ' .. count .. ' ' .. ARGV[1] .. ' ' .. ARGV[4])
 end
 local listed = {}
 local scan = redis.call('HSCAN', KEYS[4], 0, 'COUNT', ARGV[8])[2]
@@ -51,7 +51,7 @@ for _, conn in ipairs(expired) do
       redis.call('HDEL', KEYS[4], user)
       local count = redis.call('HLEN', KEYS[4]) + tonumber(redis.call('HGET', KEYS[3], '') or '0')
       if count < tonumber(ARGV[2]) then
-        redis.call('PUBLISH', ARGV[3], 'P leave ' .. count .. ' ' .. json)
+        redis.call('PUBLISH', ARGV[3], 'P leave ' .. count .. ' ' .. conn .. ' ' .. json)
       end
     end
   end
@@ -70,10 +70,6 @@ for i = 2, #scan, 2 do
 end
 return {redis.call('HLEN', KEYS[2]) + anonymous, listed}
 "#;
-
-/// How long a connection's entry lives without a refresh: a crashed instance's members
-/// leave within this (plus a reap period).
-pub(super) const ENTRY_LIFE_MS: u64 = 60_000;
 
 /// The id of a connection in Redis: unique across instances.
 pub(super) fn connection(inner: &Inner, member: u64) -> String {
@@ -95,7 +91,7 @@ pub(super) async fn arrive(
         .key(&keys.present_counts)
         .key(&keys.present_users)
         .arg(connection(inner, member))
-        .arg(now_ms() + ENTRY_LIFE_MS)
+        .arg(now_ms() + inner.presence_ttl_ms)
         .arg(id)
         .arg(json)
         .arg(inner.presence_events_max)
@@ -126,7 +122,7 @@ pub(super) fn add_refresh(pipeline: &mut Pipeline, inner: &Inner, room: &str, me
         return;
     }
     let keys = RoomKeys::of(room);
-    let expires = now_ms() + ENTRY_LIFE_MS;
+    let expires = now_ms() + inner.presence_ttl_ms;
     let command = pipeline.cmd("ZADD").arg(&keys.present).arg("XX");
     for member in members {
         command.arg(expires).arg(connection(inner, *member));

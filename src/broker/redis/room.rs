@@ -140,11 +140,19 @@ impl Room {
         self.notify_reset(ResetReason::Epoch);
     }
 
-    /// A join or leave from the presence scripts, for members here.
-    pub fn tell_presence(&mut self, kind: &str, count: u64, user: &str, metrics: &Metrics) {
+    /// A join or leave from the presence scripts, for members here but `except` (a member
+    /// of this instance that joined: its welcome told it).
+    pub fn tell_presence(
+        &mut self,
+        kind: &str,
+        count: u64,
+        user: &str,
+        except: Option<u64>,
+        metrics: &Metrics,
+    ) {
         self.announced = (count, Instant::now());
         let frame = Frame::from(protocol::presence_frame(kind, user, count));
-        self.notify(frame, metrics);
+        self.notify(frame, except.filter(|_| kind == "join"), metrics);
     }
 
     /// Announces the count if it changed without an event saying so, at most every
@@ -155,12 +163,15 @@ impl Room {
             return;
         }
         self.announced = (count, now);
-        self.notify(Frame::from(protocol::members_frame(count)), metrics);
+        self.notify(Frame::from(protocol::members_frame(count)), None, metrics);
     }
 
-    fn notify(&mut self, frame: Frame, metrics: &Metrics) {
-        self.members.retain(
-            |member| match member.feed.offer(Delivery::Notice(frame.clone())) {
+    fn notify(&mut self, frame: Frame, except: Option<u64>, metrics: &Metrics) {
+        self.members.retain(|member| {
+            if Some(member.id) == except {
+                return true;
+            }
+            match member.feed.offer(Delivery::Notice(frame.clone())) {
                 Ok(()) => true,
                 Err(Overflow::Full) => {
                     member.feed.cut();
@@ -168,8 +179,8 @@ impl Room {
                     false
                 }
                 Err(Overflow::Closed) => false,
-            },
-        );
+            }
+        });
     }
 
     fn notify_reset(&mut self, reason: ResetReason) {

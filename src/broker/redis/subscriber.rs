@@ -29,10 +29,8 @@ use crate::log;
 
 /// How often the room task drops closed members and pings the pub/sub connection.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
-/// Sweeps between two reaps of expired presence (leaves come at most this late)...
+/// Sweeps between two reaps of expired presence: leaves come at most this late.
 const REAP_EVERY: u64 = 2;
-/// ...and between two refreshes of this instance's own entries (well inside their life).
-const REFRESH_EVERY: u64 = 20;
 /// A Redis connection that lasted this long was not flapping.
 const STABLE_AFTER: Duration = Duration::from_secs(5);
 
@@ -330,9 +328,19 @@ impl RoomTask {
         };
         let (seq, epoch, frame) = match Payload::parse(payload) {
             Some(Payload::Chat(Published { seq, epoch, frame })) => (seq, epoch, frame),
-            Some(Payload::Presence { kind, count, user }) => {
+            Some(Payload::Presence {
+                kind,
+                count,
+                connection,
+                user,
+            }) => {
+                // A member is not told of its own join: its welcome said it.
+                let own = connection
+                    .strip_prefix(self.inner.instance.as_str())
+                    .and_then(|rest| rest.strip_prefix(':'))
+                    .and_then(|id| id.parse::<u64>().ok());
                 if let Some(room) = self.rooms.get_mut(name) {
-                    room.tell_presence(kind, count, user, &self.inner.metrics);
+                    room.tell_presence(kind, count, user, own, &self.inner.metrics);
                 }
                 return Ok(());
             }
@@ -411,7 +419,9 @@ impl RoomTask {
         if self.sweeps.is_multiple_of(REAP_EVERY) {
             self.reap_presence(link).await?;
         }
-        if self.sweeps.is_multiple_of(REFRESH_EVERY) {
+        // A third of an entry's life: two refreshes may fail before a live one expires.
+        let refresh_every = (self.inner.presence_ttl_ms / 3000).max(1);
+        if self.sweeps.is_multiple_of(refresh_every) {
             self.refresh_presence(link).await?;
         }
         let mut empty = Vec::new();
@@ -460,6 +470,10 @@ impl RoomTask {
         for (name, room) in &self.rooms {
             let ids: Vec<u64> = room.members.iter().map(|member| member.id).collect();
             presence::add_refresh(&mut pipeline, &self.inner, name, &ids);
+        }
+        // Redis refuses an empty pipeline.
+        if pipeline.is_empty() {
+            return Ok(());
         }
         pipeline.query_async::<()>(&mut link.commands).await
     }

@@ -70,10 +70,12 @@ pub fn entry_seq(id: &str) -> Option<u64> {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Payload<'a> {
     Chat(Published<'a>),
-    /// `P join|leave <count> <user json>`, from the presence scripts.
+    /// `P join|leave <count> <connection> <user json>`, from the presence scripts.
     Presence {
         kind: &'a str,
         count: u64,
+        /// The connection that joined, or whose expiry made the user leave.
+        connection: &'a str,
         user: &'a str,
     },
 }
@@ -84,11 +86,13 @@ impl<'a> Payload<'a> {
             return Published::parse(payload).map(Payload::Chat);
         };
         let (kind, rest) = event.split_once(' ')?;
-        let (count, user) = rest.split_once(' ')?;
+        let (count, rest) = rest.split_once(' ')?;
+        let (connection, user) = rest.split_once(' ')?;
         matches!(kind, "join" | "leave").then_some(())?;
         Some(Payload::Presence {
             kind,
             count: count.parse().ok()?,
+            connection,
             user,
         })
     }
@@ -152,12 +156,13 @@ mod tests {
 
     #[test]
     fn presence_events_share_the_channel() {
-        let event = Payload::parse(r#"P join 3 {"id":"1"}"#);
+        let event = Payload::parse(r#"P join 3 18c.7:4 {"id":"1"}"#);
         assert_eq!(
             event,
             Some(Payload::Presence {
                 kind: "join",
                 count: 3,
+                connection: "18c.7:4",
                 user: r#"{"id":"1"}"#
             })
         );
