@@ -7,9 +7,8 @@ use crate::broker::Broker;
 use crate::config::Config;
 use crate::health::Health;
 use crate::http::Page;
-use crate::limits::{AddressTable, RateLimit};
+use crate::limits::{AddressTable, InboundBudget, RateLimit};
 use crate::metrics::Metrics;
-use crate::session::gate::InboundBudget;
 
 pub struct Shared {
     pub config: Config,
