@@ -58,6 +58,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future) -
             "metrics_addr": metrics_addr.map(|a| a.to_string()),
             "startup_us": startup.as_micros() as u64,
             "broker": shared.broker.name(),
+            "max_connections": shared.config.max_connections,
         }),
     );
 

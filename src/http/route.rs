@@ -142,12 +142,14 @@ fn api_call(head: &Head, call: &str, endpoints: &Endpoints<'_>, client: IpAddr) 
             .map(|()| Answer::Presence(room.to_string())),
         _ => Err((404, "no such API")),
     };
-    let answer = match checked {
-        Ok(answer) => answer,
-        Err((status, reason)) => return Answer::Api(api::error(status, reason)),
+    // A backend holding the key may post as fast as the broker takes it; only refused calls
+    // (guessed keys, browsers) count against the address's upgrade rate.
+    let (status, reason) = match checked {
+        Ok(answer) => return answer,
+        Err(refusal) => refusal,
     };
     match endpoints.addresses.upgrade(client) {
-        Ok(()) => answer,
+        Ok(()) => Answer::Api(api::error(status, reason)),
         Err(too_many) => Answer::TooMany(too_many),
     }
 }

@@ -14,6 +14,8 @@ use testkit::ws::{Ws, chat, connect, expect_close, next_message, recv_json, send
 use testkit::{Endpoint, InProcess, Server, WAIT, http, wait};
 use tokio_tungstenite::tungstenite::Message;
 
+mod frames;
+
 /// For tests that publish as fast as they can, far above the default publish rate.
 const FLOOD: &[(&str, &str)] = &[("ROOMCAST_RATE", "100000"), ("ROOMCAST_BURST", "100000")];
 
