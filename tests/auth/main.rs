@@ -1,7 +1,7 @@
 //! Who is talking: signed user tokens at the upgrade ([refusals], [grants]), the sender on
 //! every frame and the token's transports ([senders]), key rotation ([rotation]), expiry and
 //! refresh ([expiry]), bad configuration ([config]), the publish API on both brokers ([api],
-//! [api_refusals], [api_redis]) and logs that never show a token ([logs]).
+//! [api_refusals], [api_redis]), tokens minted by PyJWT ([interop]) and logs that never show a token ([logs]).
 //!
 //! Tokens are minted here by [tokens], independently of the server's own code. Each scenario
 //! is an `async fn` over any [`Endpoint`]: its test runs it on a server in this process, and
@@ -13,6 +13,7 @@ mod api_refusals;
 mod config;
 mod expiry;
 mod grants;
+mod interop;
 mod logs;
 mod refusals;
 mod rotation;
