@@ -158,6 +158,45 @@ async fn a_reconnect_within_the_linger_is_neither_a_leave_nor_a_join() {
     assert!(seen.is_empty(), "reconnects made presence events: {seen:?}");
 }
 
+/// Whether a `members` frame with `count` arrives within `limit`.
+async fn count_reaches(ws: &mut Ws, count: u64, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let next = tokio::time::timeout_at(deadline, futures_util::StreamExt::next(ws)).await;
+        let Ok(Some(Ok(Message::Text(text)))) = next else {
+            return false;
+        };
+        let frame: Value = serde_json::from_str(text.as_str()).unwrap();
+        if frame["type"] == "members" && frame["count"] == count {
+            return true;
+        }
+    }
+}
+
+/// Anonymous members make no events; in a small room the count follows them within the
+/// broker's tick (1 s embedded, 2 s on Redis).
+async fn anonymous_members_change_the_count(server: &impl Endpoint) {
+    let (mut first, welcome) = enter(server, "anonymous", None).await;
+    assert_eq!(welcome["members"]["count"], 1, "{welcome}");
+    let (second, _) = enter(server, "anonymous", None).await;
+    let limit = Duration::from_secs(4);
+    assert!(count_reaches(&mut first, 2, limit).await, "no count of 2");
+    drop(second);
+    assert!(count_reaches(&mut first, 1, limit).await, "no count of 1");
+}
+
+#[tokio::test]
+async fn anonymous_members_are_counted_promptly_embedded_and_on_redis() {
+    anonymous_members_change_the_count(&InProcess::start(&env(&[]))).await;
+    if !RedisServer::available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let server = on_redis(&redis, "60000");
+    ready(&server).await;
+    anonymous_members_change_the_count(&server).await;
+}
+
 async fn ada_reconnects(server: &InProcess) -> Ws {
     enter(server, "lobby", Some(("1", "Ada"))).await.0
 }
@@ -236,7 +275,7 @@ async fn presence_crosses_instances_and_a_crashed_ones_members_leave_within_the_
 }
 
 #[tokio::test]
-async fn a_swap_between_instances_makes_no_leave_and_no_join() {
+async fn a_swap_makes_no_leave_and_no_join_and_later_leaves_come_after_the_linger() {
     if !RedisServer::available() {
         return;
     }
@@ -265,4 +304,20 @@ async fn a_swap_between_instances_makes_no_leave_and_no_join() {
     let seen = events_within(&mut watcher, Duration::from_millis(4000)).await;
     eprintln!("presence: events during the swap: {seen:?}");
     assert!(seen.is_empty(), "the swap made presence events: {seen:?}");
+
+    // Blue let go of its entries as it stopped, so Ada closing her page on green is a leave
+    // after the linger, not after the 60 s presence TTL of blue's old entry.
+    drop(on_green.remove(0));
+    let closed = Instant::now();
+    let (kind, leave) = next_event(&mut watcher, Duration::from_secs(10))
+        .await
+        .expect("Ada leaves after the linger");
+    assert_eq!(
+        (kind.as_str(), leave["user"]["name"].as_str()),
+        ("leave", Some("Ada"))
+    );
+    eprintln!(
+        "presence: a leave after a swap came {:?} after the close",
+        closed.elapsed()
+    );
 }

@@ -84,14 +84,14 @@ pub fn verify(
     };
     let exp = claims
         .get("exp")
-        .and_then(Value::as_u64)
+        .and_then(numeric_date)
         .ok_or(Refusal::Claims)?;
-    if now > exp + LEEWAY_SECS {
+    if now > exp.saturating_add(LEEWAY_SECS) {
         return Err(Refusal::Expired);
     }
     if let Some(nbf) = claims.get("nbf") {
-        let nbf = nbf.as_u64().ok_or(Refusal::Claims)?;
-        if now + LEEWAY_SECS < nbf {
+        let nbf = numeric_date(nbf).ok_or(Refusal::Claims)?;
+        if now.saturating_add(LEEWAY_SECS) < nbf {
             return Err(Refusal::NotYetValid);
         }
     }
@@ -104,6 +104,17 @@ pub fn verify(
         return Err(Refusal::Audience);
     }
     Ok(claims)
+}
+
+/// Whole seconds since the epoch: RFC 7519 allows fractions (PyJWT passes `time.time()` on).
+pub fn numeric_date(value: &Value) -> Option<u64> {
+    match value.as_u64() {
+        Some(seconds) => Some(seconds),
+        None => value
+            .as_f64()
+            .filter(|seconds| seconds.is_finite() && *seconds >= 0.0)
+            .map(|seconds| seconds as u64),
+    }
 }
 
 fn header_and_payload_len(token: &str) -> usize {

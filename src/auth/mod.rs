@@ -102,7 +102,7 @@ impl Identity {
         let publish = Grants::from_claim(claims.get("publish"))?.unwrap_or_else(|| rooms.clone());
         let expires = claims
             .get("exp")
-            .and_then(Value::as_u64)
+            .and_then(jwt::numeric_date)
             .ok_or(Refusal::Claims)?;
         let mut user_json = String::from("{\"id\":");
         protocol::push_json_string(&mut user_json, &id);

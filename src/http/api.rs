@@ -2,14 +2,13 @@
 //! bearer token and `{"message": "…", "user": {"id": "…", "name": "…"}}` as the body.
 //! Answers are JSON: `{"seq": N, "epoch": "…"}`, or `{"error": "…"}` with the status.
 
-use std::time::Duration;
-
 use serde_json::Value;
 
 use super::head::Head;
-use super::response::json_response;
+use super::response::{json_response, retry_after_header};
 use crate::auth::Secret;
 use crate::broker::{Broker, Unavailable};
+use crate::limits::TooMany;
 use crate::protocol::{self, ChatParts};
 
 /// A publish request whose head passed every check; its body is still to be read.
@@ -45,11 +44,8 @@ pub fn check_read(head: &Head, api_key: Option<&Secret>) -> Result<(), Refusal> 
 
 /// The bearer key matches; a browser (anything sending `Origin`) may not call the API.
 fn authorize(head: &Head, api_key: &Secret) -> Result<(), Refusal> {
-    let offered = head
-        .header("authorization")
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if !constant_time_eq(offered.trim().as_bytes(), &api_key.0) {
+    let offered = head.bearer().unwrap_or("");
+    if !constant_time_eq(offered.as_bytes(), &api_key.0) {
         return Err((401, "missing or wrong API key"));
     }
     if head.header("origin").is_some() {
@@ -116,11 +112,11 @@ pub async fn publish(request: &Publish, body: &[u8], broker: &Broker) -> Vec<u8>
             let mut body = format!("{{\"seq\":{},\"epoch\":", accepted.seq);
             protocol::push_json_string(&mut body, &accepted.epoch);
             body.push('}');
-            json_response(200, &body, None)
+            json_response(200, &body, "")
         }
         Err(Unavailable) => {
             let body = r#"{"error":"broker unavailable: try again"}"#;
-            json_response(503, body, Some(Duration::from_secs(1)))
+            json_response(503, body, RETRY_SOON)
         }
     }
 }
@@ -137,11 +133,11 @@ pub async fn presence(room: &str, broker: &Broker) -> Vec<u8> {
                 body.push_str(user);
             }
             body.push_str("]}");
-            json_response(200, &body, None)
+            json_response(200, &body, "")
         }
         Err(Unavailable) => {
             let body = r#"{"error":"broker unavailable: try again"}"#;
-            json_response(503, body, Some(Duration::from_secs(1)))
+            json_response(503, body, RETRY_SOON)
         }
     }
 }
@@ -149,11 +145,35 @@ pub async fn presence(room: &str, broker: &Broker) -> Vec<u8> {
 /// Users the presence API lists at most.
 const PRESENCE_LIST: usize = 1000;
 
+/// The broker is away for a moment.
+const RETRY_SOON: &str = "Retry-After: 1\r\n";
+
+/// `{"error": reason}` with the status.
 pub fn error(status: u16, reason: &str) -> Vec<u8> {
+    let headers = if status == 401 {
+        "WWW-Authenticate: Bearer realm=\"roomcast\"\r\n"
+    } else {
+        ""
+    };
+    json_response(status, &error_body(reason), headers)
+}
+
+/// 405, naming the method the path serves.
+pub fn wrong_method(reason: &str, allow: &str) -> Vec<u8> {
+    json_response(405, &error_body(reason), &format!("Allow: {allow}\r\n"))
+}
+
+/// 429 to a caller over its address's rate.
+pub fn too_many(too_many: &TooMany) -> Vec<u8> {
+    let headers = retry_after_header(too_many.retry_after);
+    json_response(429, &error_body(too_many.reason), &headers)
+}
+
+fn error_body(reason: &str) -> String {
     let mut body = String::from("{\"error\":");
     protocol::push_json_string(&mut body, reason);
     body.push('}');
-    json_response(status, &body, None)
+    body
 }
 
 fn parse_body(body: &[u8]) -> Result<ChatParts, &'static str> {

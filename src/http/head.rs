@@ -31,6 +31,14 @@ impl Head {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The credentials of an `Authorization: Bearer …` header (the scheme in any case).
+    pub fn bearer(&self) -> Option<&str> {
+        let (scheme, credentials) = self.header("authorization")?.split_once(' ')?;
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| credentials.trim())
+    }
+
     /// How many times a header appears.
     pub fn count(&self, name: &str) -> usize {
         self.headers

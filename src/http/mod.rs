@@ -101,6 +101,11 @@ pub async fn serve(
                 send_and_close(stream, response, write_limit).await;
                 return None;
             }
+            Answer::TooMany(too_many) if head.path.starts_with("/api/") => {
+                endpoints.metrics.address_refused();
+                send_and_close(stream, &api::too_many(&too_many), write_limit).await;
+                return None;
+            }
             Answer::TooMany(too_many) => {
                 endpoints.metrics.address_refused();
                 refuse_too_many(stream, too_many, write_limit).await;
@@ -187,10 +192,7 @@ async fn strip_proxy_header(
 
 /// Answers 429 for a client over a per-address limit, and closes.
 pub async fn refuse_too_many(stream: &mut TcpStream, too_many: TooMany, write_limit: Duration) {
-    let response = too_many_response(
-        too_many.retry_after,
-        "too many connections from your address",
-    );
+    let response = too_many_response(too_many.retry_after, too_many.reason);
     send_and_close(stream, &response, write_limit).await;
 }
 

@@ -11,6 +11,9 @@ pub static CHAT_PAGE: &str = include_str!("chat.html");
 pub const HEALTHZ: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nCache-Control: no-store\r\nContent-Length: 11\r\n\r\n{\"ok\":true}";
 pub const READY: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nCache-Control: no-store\r\nContent-Length: 14\r\n\r\n{\"ready\":true}";
 pub const NOT_READY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nCache-Control: no-store\r\nContent-Length: 15\r\n\r\n{\"ready\":false}";
+/// Browsers ask for an icon; there is none, and saying so without an error keeps their
+/// consoles clean.
+pub const NO_ICON: &[u8] = b"HTTP/1.1 204 No Content\r\nCache-Control: max-age=86400\r\n\r\n";
 /// The answer at the connection cap; short enough for one non-blocking write.
 pub const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: 33\r\n\r\nserver busy: too many connections";
 
@@ -62,9 +65,11 @@ pub fn error_response(status: Status, reason: &str) -> Vec<u8> {
 
 /// 429 with when to come back, in whole seconds (rounded up).
 pub fn too_many_response(retry_after: std::time::Duration, reason: &str) -> Vec<u8> {
-    let seconds = retry_after.as_millis().div_ceil(1000).max(1);
-    let header = format!("Retry-After: {seconds}\r\n");
-    with_headers(Status::TooManyRequests, &header, reason)
+    with_headers(
+        Status::TooManyRequests,
+        &retry_after_header(retry_after),
+        reason,
+    )
 }
 
 fn with_headers(status: Status, headers: &str, reason: &str) -> Vec<u8> {
@@ -89,8 +94,16 @@ pub fn ok_response(content_type: &str, body: &[u8], head_only: bool) -> Vec<u8> 
     response
 }
 
-/// A JSON answer of the API; an error one closes the connection.
-pub fn json_response(status: u16, body: &str, retry_after: Option<std::time::Duration>) -> Vec<u8> {
+/// Whole seconds to wait, rounded up, as a header.
+pub fn retry_after_header(wait: std::time::Duration) -> String {
+    format!(
+        "Retry-After: {}\r\n",
+        wait.as_millis().div_ceil(1000).max(1)
+    )
+}
+
+/// A JSON answer of the API with `headers` (whole lines); an error one closes the connection.
+pub fn json_response(status: u16, body: &str, headers: &str) -> Vec<u8> {
     let line = match status {
         200 => "200 OK",
         400 => "400 Bad Request",
@@ -105,21 +118,13 @@ pub fn json_response(status: u16, body: &str, retry_after: Option<std::time::Dur
         429 => "429 Too Many Requests",
         _ => "503 Service Unavailable",
     };
-    let mut extra = String::new();
-    if let Some(wait) = retry_after {
-        extra.push_str(&format!(
-            "Retry-After: {}\r\n",
-            wait.as_millis().div_ceil(1000).max(1)
-        ));
-    }
-    match status {
-        401 => extra.push_str("WWW-Authenticate: Bearer realm=\"roomcast\"\r\n"),
-        405 => extra.push_str("Allow: POST\r\n"),
-        200 => {}
-        _ => extra.push_str("Connection: close\r\n"),
-    }
+    let close = if status == 200 {
+        ""
+    } else {
+        "Connection: close\r\n"
+    };
     format!(
-        "HTTP/1.1 {line}\r\n{extra}Content-Type: application/json\r\nCache-Control: no-store\r\n\
+        "HTTP/1.1 {line}\r\n{headers}{close}Content-Type: application/json\r\nCache-Control: no-store\r\n\
          X-Content-Type-Options: nosniff\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
@@ -295,7 +300,7 @@ mod tests {
         assert!(content_length_matches(&json_response(
             413,
             r#"{"error":"x"}"#,
-            None
+            ""
         )));
     }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::api::{self, Publish};
 use super::head::Head;
 use super::response::{
-    HEALTHZ, NOT_READY, Page, READY, Status, head_of, not_found_page, ok_response,
+    HEALTHZ, NO_ICON, NOT_READY, Page, READY, Status, head_of, not_found_page, ok_response,
 };
 use super::upgrade::{Origins, Target, Upgrade};
 use crate::auth::Authenticator;
@@ -105,6 +105,7 @@ pub fn answer(head: &Head, endpoints: &Endpoints<'_>, client: IpAddr) -> Answer 
             Answer::Reject(Status::NotFound, "only /metrics, /healthz and /readyz here")
         }
         "/" => page(),
+        "/favicon.ico" => fixed(NO_ICON),
         "/ws/echo" if endpoints.config.echo => upgrade(head, endpoints, Target::Echo, client),
         path if room_in(path, "/chat/").is_some() => page(),
         path if path.starts_with("/chat/") => Answer::Respond {
@@ -148,10 +149,14 @@ fn api_call(head: &Head, call: &str, endpoints: &Endpoints<'_>, client: IpAddr) 
         Ok(answer) => return answer,
         Err(refusal) => refusal,
     };
-    match endpoints.addresses.upgrade(client) {
-        Ok(()) => Answer::Api(api::error(status, reason)),
-        Err(too_many) => Answer::TooMany(too_many),
+    if let Err(too_many) = endpoints.addresses.upgrade(client) {
+        return Answer::TooMany(too_many);
     }
+    Answer::Api(match (status, what) {
+        (405, "presence") => api::wrong_method(reason, "GET"),
+        (405, _) => api::wrong_method(reason, "POST"),
+        _ => api::error(status, reason),
+    })
 }
 
 fn upgrade(head: &Head, endpoints: &Endpoints<'_>, target: Target, client: IpAddr) -> Answer {
@@ -314,6 +319,11 @@ mod tests {
                 assert!(text.starts_with("HTTP/1.1 404") && text.contains("text/html"));
             }
             _ => panic!("a bad room link is answered with a page"),
+        }
+        // Browsers' icon requests get an empty answer, not an error in their console.
+        match route("GET /favicon.ico HTTP/1.1\r\n\r\n", &config) {
+            Answer::Respond { bytes, .. } => assert!(bytes.starts_with(b"HTTP/1.1 204")),
+            _ => panic!("the icon request is answered"),
         }
         for query in ["since=x", "since=+3", "recent=-1", "epoch=a%20b"] {
             let request = format!("GET /ws/chat/lobby/?{query} HTTP/1.1\r\n{UPGRADE}\r\n");

@@ -158,11 +158,8 @@ pub const TOKEN_SUBPROTOCOL_PREFIX: &str = "roomcast.token.";
 /// The token in the `Authorization` header, else a `roomcast.token.` subprotocol entry,
 /// else the cookie. Never the URL: proxies log URLs.
 fn token_in<'a>(head: &'a Head, cookie: &str) -> Option<&'a str> {
-    if let Some(token) = head
-        .header("authorization")
-        .and_then(|value| value.strip_prefix("Bearer "))
-    {
-        return Some(token.trim());
+    if let Some(token) = head.bearer() {
+        return Some(token);
     }
     if let Some(token) = head
         .tokens("sec-websocket-protocol")

@@ -49,6 +49,7 @@ pub struct AddressTable {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TooMany {
     pub retry_after: Duration,
+    pub reason: &'static str,
 }
 
 /// One connection counted against its address, until dropped.
@@ -89,6 +90,7 @@ impl AddressTable {
         if entry.connections >= self.max_connections {
             return Err(TooMany {
                 retry_after: Duration::from_secs(1),
+                reason: "too many connections from your address",
             });
         }
         entry.connections += 1;
@@ -109,6 +111,7 @@ impl AddressTable {
             .check(&mut entry.upgrades)
             .map_err(|wait| TooMany {
                 retry_after: wait.max(Duration::from_secs(1)),
+                reason: "too many requests from your address: slow down",
             })
     }
 

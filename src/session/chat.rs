@@ -8,7 +8,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::clock::{Due, PeerClock};
-use super::outbound::{CLOSE_WAIT, Socket, feed_frame, feed_text, flush, send_close, within};
+use super::outbound::{CLOSE_WAIT, Socket, feed_frame, send_close, send_message, within};
 use super::{Ending, ending_for};
 use crate::broker::{Delivery, Membership, Page, PageFuture, Replay, Unavailable};
 use crate::config::LogLevel;
@@ -104,8 +104,11 @@ impl<'a> ChatSession<'a> {
     /// Names the user; the session ends with 4001 when the token expires unless a fresh one
     /// comes first.
     pub(super) fn identify(&mut self, identity: Option<Identity>) {
+        // A far-future `exp` is a session without end, kept within what a timer can hold.
+        const LONGEST: u64 = 365 * 24 * 3600;
         let expires = identity.as_ref().map(|identity| {
-            let left = (identity.expires + LEEWAY_SECS).saturating_sub(now_secs());
+            let ends = identity.expires.saturating_add(LEEWAY_SECS);
+            let left = ends.saturating_sub(now_secs()).min(LONGEST);
             Instant::now() + Duration::from_secs(left)
         });
         self.clock.expire_at(expires);
@@ -161,7 +164,7 @@ impl<'a> ChatSession<'a> {
             members.count,
             &users,
         );
-        feed_text(&mut self.socket, limit, welcome.into()).await?;
+        let mut notice = None;
         if let Replay::From {
             after,
             reset,
@@ -169,8 +172,11 @@ impl<'a> ChatSession<'a> {
         } = membership.replay
         {
             if let Some(reason) = reset {
-                let notice = protocol::reset_frame(&membership.epoch, membership.seq, reason);
-                feed_text(&mut self.socket, limit, notice.into()).await?;
+                notice = Some(protocol::reset_frame(
+                    &membership.epoch,
+                    membership.seq,
+                    reason,
+                ));
             }
             if after < membership.seq {
                 self.replay = Some(Cursor {
@@ -180,7 +186,15 @@ impl<'a> ChatSession<'a> {
                 });
             }
         }
-        flush(&mut self.socket, limit).await
+        let socket = &mut self.socket;
+        within(limit, async {
+            feed_frame(socket, welcome.into()).await?;
+            if let Some(notice) = notice {
+                feed_frame(socket, notice.into()).await?;
+            }
+            socket.flush().await
+        })
+        .await
     }
 
     /// Sends one page of the replay; an empty page, or one reaching the join seq, ends it.
@@ -193,32 +207,34 @@ impl<'a> ChatSession<'a> {
         };
         let limit = self.clock.timeout();
         let cursor = self.replay.as_mut()?;
+        let mut notice = None;
         if page.gap && cursor.notify_gaps && !cursor.reset_sent {
             cursor.reset_sent = true;
             let membership = &self.membership;
-            let notice =
-                protocol::reset_frame(&membership.epoch, membership.seq, ResetReason::History);
-            if feed_text(&mut self.socket, limit, notice.into())
-                .await
-                .is_err()
-            {
-                return Some(Ending::Gone);
-            }
+            notice = Some(protocol::reset_frame(
+                &membership.epoch,
+                membership.seq,
+                ResetReason::History,
+            ));
         }
         let done = page.frames.is_empty() || page.last >= self.membership.seq;
         cursor.after = page.last;
-        for frame in page.frames {
-            if feed_text(&mut self.socket, limit, frame).await.is_err() {
-                return Some(Ending::Gone);
-            }
-        }
         if done {
             self.replay = None;
         }
-        flush(&mut self.socket, limit)
-            .await
-            .err()
-            .map(|_| Ending::Gone)
+        // The whole page under one deadline: a peer that reads it a byte at a time is cut.
+        let socket = &mut self.socket;
+        let written = within(limit, async {
+            if let Some(notice) = notice {
+                feed_frame(socket, notice.into()).await?;
+            }
+            for frame in page.frames {
+                feed_frame(socket, frame).await?;
+            }
+            socket.flush().await
+        })
+        .await;
+        written.err().map(|_| Ending::Gone)
     }
 
     async fn on_inbound(&mut self, inbound: Option<Result<Message, WsError>>) -> Option<Ending> {
@@ -342,8 +358,7 @@ impl<'a> ChatSession<'a> {
 
     async fn send_now(&mut self, frame: String) -> Option<Ending> {
         let limit = self.clock.timeout();
-        let sent = feed_text(&mut self.socket, limit, frame.into()).await;
-        match sent.and(flush(&mut self.socket, limit).await) {
+        match send_message(&mut self.socket, limit, Message::Text(frame.into())).await {
             Ok(()) => None,
             Err(_) => Some(Ending::Gone),
         }
@@ -383,24 +398,6 @@ impl<'a> ChatSession<'a> {
         None
     }
 
-    /// Buffers one delivery without flushing; reset notices only reach extended clients.
-    async fn queue(&mut self, delivery: Delivery) -> Option<Ending> {
-        let limit = self.clock.timeout();
-        let frame = match delivery {
-            Delivery::Chat(frame) => frame,
-            Delivery::Notice(frame) if self.extended => frame,
-            Delivery::Notice(_) => return None,
-            Delivery::PublishFailed => {
-                self.shared.metrics.publish_refused();
-                return self.refused().await;
-            }
-        };
-        feed_text(&mut self.socket, limit, frame)
-            .await
-            .err()
-            .map(|_| Ending::Gone)
-    }
-
     async fn on_timer(&mut self) -> Option<Ending> {
         match self.clock.check(self.socket.get_ref().busy_since()) {
             Due::Nothing => None,
@@ -438,7 +435,7 @@ impl<'a> ChatSession<'a> {
                 // Deliver what was published before the close, then keep taking the peer's
                 // in-flight messages until it answers the close.
                 while let Some(delivery) = self.membership.feed.try_recv() {
-                    if self.queue(delivery).await.is_some() {
+                    if self.deliver(delivery).await.is_some() {
                         return;
                     }
                 }

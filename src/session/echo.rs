@@ -8,7 +8,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::clock::{Due, PeerClock};
-use super::outbound::{CLOSE_WAIT, Socket, feed_binary, feed_text, flush, send_close, within};
+use super::outbound::{CLOSE_WAIT, Socket, send_close, send_message, within};
 use super::{Ending, ending_for};
 use crate::shared::Shared;
 use crate::shutdown::Shutdown;
@@ -33,9 +33,8 @@ pub(super) async fn run(mut socket: Socket, shared: &Shared, mut shutdown: Shutd
             },
         };
         clock.heard();
-        let sent = match inbound {
-            Some(Ok(Message::Text(text))) => feed_text(&mut socket, limit, text).await,
-            Some(Ok(Message::Binary(bytes))) => feed_binary(&mut socket, limit, bytes).await,
+        let reply = match inbound {
+            Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => message,
             Some(Ok(Message::Close(_))) => {
                 let _ = timeout(CLOSE_WAIT.min(limit), async {
                     while let Some(Ok(_)) = socket.next().await {}
@@ -47,7 +46,7 @@ pub(super) async fn run(mut socket: Socket, shared: &Shared, mut shutdown: Shutd
             None => break Ending::Gone,
             Some(Err(error)) => break ending_for(error, &shared.metrics),
         };
-        if sent.and(flush(&mut socket, limit).await).is_err() {
+        if send_message(&mut socket, limit, reply).await.is_err() {
             break Ending::Gone;
         }
     };

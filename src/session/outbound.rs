@@ -50,15 +50,6 @@ pub async fn within<T>(
     }
 }
 
-/// Queues a text frame without flushing, within `limit`.
-pub async fn feed_text(
-    socket: &mut Socket,
-    limit: Duration,
-    text: Utf8Bytes,
-) -> Result<(), WsError> {
-    within(limit, feed_frame(socket, text)).await
-}
-
 /// Queues a text frame without flushing; a large one as fragments. The caller bounds it.
 pub async fn feed_frame(socket: &mut Socket, text: Utf8Bytes) -> Result<(), WsError> {
     if text.len() <= OUT_PIECE {
@@ -84,12 +75,25 @@ pub async fn feed_frame(socket: &mut Socket, text: Utf8Bytes) -> Result<(), WsEr
     Ok(())
 }
 
-/// Queues a binary message (echo only) the same way.
-pub async fn feed_binary(
+/// Writes one message and flushes it, all under one deadline.
+pub async fn send_message(
     socket: &mut Socket,
     limit: Duration,
-    bytes: Bytes,
+    message: Message,
 ) -> Result<(), WsError> {
+    within(limit, async {
+        match message {
+            Message::Text(text) => feed_frame(socket, text).await?,
+            Message::Binary(bytes) => feed_binary(socket, bytes).await?,
+            other => socket.feed(other).await?,
+        }
+        socket.flush().await
+    })
+    .await
+}
+
+/// Queues a binary message (echo only) the same way. The caller bounds it.
+async fn feed_binary(socket: &mut Socket, bytes: Bytes) -> Result<(), WsError> {
     let mut start = 0;
     loop {
         let end = (start + OUT_PIECE).min(bytes.len());
@@ -103,16 +107,12 @@ pub async fn feed_binary(
             OpCode::Data(opcode),
             end == bytes.len(),
         );
-        within(limit, socket.feed(Message::Frame(fragment))).await?;
+        socket.feed(Message::Frame(fragment)).await?;
         start = end;
         if start >= bytes.len() {
             return Ok(());
         }
     }
-}
-
-pub async fn flush(socket: &mut Socket, limit: Duration) -> Result<(), WsError> {
-    within(limit, socket.flush()).await
 }
 
 /// Sends a close frame, bounded like every write.

@@ -89,6 +89,7 @@ pub async fn a_wrong_or_missing_key_is_401(server: &impl Endpoint) {
         Some(format!("Basic {}", super::API_KEY)),
         Some(super::API_KEY.to_string()),
         Some(format!("Bearer {user_token}")),
+        Some(format!("Bearer{}", super::API_KEY)),
     ];
     for authorization in wrong_keys {
         let headers = headers_with(&body, "Authorization", authorization.as_deref());
@@ -97,6 +98,16 @@ pub async fn a_wrong_or_missing_key_is_401(server: &impl Endpoint) {
         assert!(challenge.starts_with("Bearer"), "{response:?}");
         assert!(!response.text().contains(&user_token[..40]), "{response:?}");
         assert_api_error(&response, 401, &format!("{authorization:?}"));
+    }
+}
+
+/// The scheme name is case-insensitive (RFC 9110 11.1).
+pub async fn the_bearer_scheme_in_any_case_is_accepted(server: &impl Endpoint) {
+    let body = json!({ "message": "cased" }).to_string();
+    for scheme in ["bearer", "BEARER", "BeArEr"] {
+        let authorization = format!("{scheme} {}", super::API_KEY);
+        let headers = headers_with(&body, "Authorization", Some(&authorization));
+        accepted(&send(server, &messages_path("cased"), &headers, &body).await);
     }
 }
 
@@ -215,13 +226,22 @@ pub fn slow_rate_env() -> Vec<(&'static str, &'static str)> {
     env
 }
 
-/// On [`slow_rate_env`]: the third post at once is 429 with a Retry-After.
+/// On [`slow_rate_env`]: a backend with the key posts far past the address's upgrade rate;
+/// calls refused for a wrong key count against it, and the third at once is 429 with a
+/// Retry-After.
 pub async fn posts_over_the_rate_are_429(server: &impl Endpoint) {
     let body = json!({ "message": "burst" });
-    for _ in 0..2 {
+    for _ in 0..10 {
         accepted(&post(server, "rated", &body, &[]).await);
     }
-    let response = post(server, "rated", &body, &[]).await;
+    let text = body.to_string();
+    let wrong = headers_with(&text, "Authorization", Some("Bearer not-the-key"));
+    let path = messages_path("rated");
+    for _ in 0..2 {
+        let refused = send(server, &path, &wrong, &text).await;
+        assert_api_error(&refused, 401, "a wrong key");
+    }
+    let response = send(server, &path, &wrong, &text).await;
     assert_eq!(response.status, 429, "{response:?}");
     let retry_after: u64 = response
         .header("retry-after")
@@ -234,6 +254,11 @@ pub async fn posts_over_the_rate_are_429(server: &impl Endpoint) {
 #[tokio::test]
 async fn a_bad_body_or_idempotency_key_is_400() {
     bad_bodies_and_keys_are_400(&required_server()).await;
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_read_in_any_case() {
+    the_bearer_scheme_in_any_case_is_accepted(&required_server()).await;
 }
 
 #[tokio::test]
@@ -272,6 +297,6 @@ async fn a_body_over_the_message_bound_is_413() {
 }
 
 #[tokio::test]
-async fn posting_faster_than_the_address_rate_is_429() {
+async fn a_backend_is_not_held_to_the_address_rate_but_refused_calls_are() {
     posts_over_the_rate_are_429(&InProcess::start(&slow_rate_env())).await;
 }

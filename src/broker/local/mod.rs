@@ -202,7 +202,7 @@ impl LocalBroker {
             for change in state.presence.expire(now) {
                 state.tell(change, &self.presence, &self.metrics);
             }
-            state.announce_count(now, &self.metrics);
+            state.announce_count(now, &self.presence, &self.metrics);
             let nobody = state.members.is_empty() && state.presence.count() == 0;
             drop(state);
             if nobody {
@@ -260,24 +260,24 @@ impl LocalBroker {
         chat: &ChatParts,
         idempotency: &str,
     ) -> Accepted {
-        let remember = !idempotency.is_empty();
-        if remember
-            && let Some(done) = self
-                .recent
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(room_name, idempotency)
-        {
+        if idempotency.is_empty() {
+            return self.publish_once(room_name, chat);
+        }
+        // Checked, published and recorded under one lock, so concurrent retries publish once.
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(done) = recent.get(room_name, idempotency) {
             return done;
         }
+        let accepted = self.publish_once(room_name, chat);
+        recent.insert(room_name, idempotency, accepted.clone());
+        accepted
+    }
+
+    fn publish_once(self: &Arc<Self>, room_name: &str, chat: &ChatParts) -> Accepted {
         let room = self.room(room_name);
         let accepted = self.publish_in(&room, chat);
         let mut rooms = self.rooms();
         self.free_if_empty(&mut rooms, &room, &mut room.lock());
-        if remember {
-            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-            recent.insert(room_name, idempotency, accepted.clone());
-        }
         accepted
     }
 

@@ -122,11 +122,17 @@ impl RoomState {
     }
 
     /// Announces the count if it changed without an event saying so (anonymous members, or
-    /// a room too large for events), at most every [`COUNT_EVERY`].
-    pub fn announce_count(&mut self, now: Instant, metrics: &Metrics) {
+    /// a room too large for events): at once in a room small enough for events, at most
+    /// every [`COUNT_EVERY`] in a larger one.
+    pub fn announce_count(&mut self, now: Instant, rules: &PresenceRules, metrics: &Metrics) {
         let count = self.presence.count();
         let (told, at) = self.announced;
-        if count == told || now < at + COUNT_EVERY {
+        let every = if count > rules.events_max {
+            COUNT_EVERY
+        } else {
+            Duration::ZERO
+        };
+        if count == told || now < at + every {
             return;
         }
         self.announced = (count, now);

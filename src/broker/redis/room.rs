@@ -155,11 +155,16 @@ impl Room {
         self.notify(frame, except.filter(|_| kind == "join"), metrics);
     }
 
-    /// Announces the count if it changed without an event saying so, at most every
-    /// [`COUNT_EVERY`].
-    pub fn announce_count(&mut self, count: u64, now: Instant, metrics: &Metrics) {
+    /// Announces the count if it changed without an event saying so: at once in a room
+    /// small enough for events (`events_max`), at most every [`COUNT_EVERY`] in a larger one.
+    pub fn announce_count(&mut self, count: u64, events_max: u64, now: Instant, metrics: &Metrics) {
         let (told, at) = self.announced;
-        if count == told || now < at + COUNT_EVERY {
+        let every = if count > events_max {
+            COUNT_EVERY
+        } else {
+            Duration::ZERO
+        };
+        if count == told || now < at + every {
             return;
         }
         self.announced = (count, now);

@@ -187,7 +187,7 @@ impl RoomTask {
         let mut sweep = interval(SWEEP_EVERY);
         loop {
             let result = tokio::select! {
-                _ = stopping(stopped) => return Served::Stopped,
+                _ = stopping(stopped) => return self.depart_all(link).await,
                 command = queue.recv() => match command {
                     Some(Command::Join { room, resume, visitor, reply, inner }) => {
                         match self.join(link, room, resume, visitor, inner).await {
@@ -208,7 +208,7 @@ impl RoomTask {
                         }
                     }
                     Some(Command::Leave { room, id }) => self.leave(link, &room, id).await,
-                    None => return Served::Stopped,
+                    None => return self.depart_all(link).await,
                 },
                 message = link.messages.next() => match message {
                     Some(message) => self.on_message(link, &message).await,
@@ -293,6 +293,24 @@ impl RoomTask {
         presence::add_depart(&mut pipeline, &self.inner, room, id);
         pipeline.query_async::<()>(&mut link.commands).await?;
         self.unsubscribe_if_empty(link, room).await
+    }
+
+    /// The instance is stopping: every connection it still holds leaves as if closed, so a
+    /// user who does not reconnect elsewhere within the linger leaves then, not only when the
+    /// presence TTL runs out.
+    async fn depart_all(&mut self, link: &mut Link) -> Served {
+        let mut pipeline = redis::pipe();
+        for (room, state) in &self.rooms {
+            for member in &state.members {
+                presence::add_depart(&mut pipeline, &self.inner, room, member.id);
+            }
+        }
+        let _ = timeout(
+            REDIS_TIMEOUT,
+            pipeline.query_async::<()>(&mut link.commands),
+        )
+        .await;
+        Served::Stopped
     }
 
     async fn unsubscribe_if_empty(
@@ -458,7 +476,12 @@ impl RoomTask {
         let now = Instant::now();
         for (name, count) in names.iter().zip(counts) {
             if let (Some(room), Ok(count)) = (self.rooms.get_mut(name), count) {
-                room.announce_count(count, now, &self.inner.metrics);
+                room.announce_count(
+                    count,
+                    self.inner.presence_events_max,
+                    now,
+                    &self.inner.metrics,
+                );
             }
         }
         Ok(())
