@@ -1,0 +1,62 @@
+//! Hostile clients I: memory stays bounded and stuck peers are cut. Every test attacks the
+//! real binary over loopback the way a hostile or broken client would, then asserts the
+//! bound: history under its budget ([`history`]), Redis full with and without eviction
+//! ([`redis_full`], [`redis_evicting`]), a reader that stops reading ([`stuck_reader`]),
+//! replays that are never read ([`replay`]), half-sent messages and silent peers
+//! ([`peer_clock`]), unread pipelined responses ([`pipelined`]), the open-file limit
+//! ([`nofile`]), large messages in flight ([`inbound`]) and what one connection costs at
+//! worst ([`per_connection`]).
+//!
+//! RSS is always read from a server process of the test's own, as growth over a baseline.
+//! Figures go to stderr: `cargo test --test hostile -- --nocapture`.
+
+mod history;
+mod peer_clock;
+mod per_connection;
+mod pipelined;
+mod stuck_reader;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use testkit::bench::LOAD_GENERATOR_LIMITS;
+use testkit::ws::{Ws, recv_json};
+use testkit::{Roomcast, Server};
+
+/// A roomcast process attacked from one address: the attacks flood on purpose, so the
+/// per-connection publish rate and the per-address caps are lifted (they are not what these
+/// tests are about); `env` comes on top.
+fn attacked(env: &[(&str, &str)]) -> Server {
+    Roomcast::debug()
+        .envs(LOAD_GENERATOR_LIMITS)
+        .envs(env)
+        .start()
+}
+
+/// A short clock, so the timing tests take seconds: ping after 1 s of quiet, and cut a
+/// silent peer, a stalled write or an unfinished message after 3 s.
+const SHORT_CLOCK: &[(&str, &str)] = &[
+    ("ROOMCAST_HEARTBEAT_MS", "1000"),
+    ("ROOMCAST_PEER_TIMEOUT_MS", "3000"),
+];
+const PEER_TIMEOUT: Duration = Duration::from_secs(3);
+/// How late past its deadline a cut may come.
+const LATE: Duration = Duration::from_secs(1);
+
+/// A long clock, for tests that measure while nobody may be cut for time.
+const LONG_CLOCK: &[(&str, &str)] = &[
+    ("ROOMCAST_HEARTBEAT_MS", "30000"),
+    ("ROOMCAST_PEER_TIMEOUT_MS", "60000"),
+];
+
+/// Prints one measured figure where `--nocapture` shows it.
+fn figure(test: &str, text: &str) {
+    eprintln!("hostile figure: {test}: {text}");
+}
+
+/// The welcome frame an extended client gets first.
+async fn welcome(ws: &mut Ws) -> Value {
+    let frame = recv_json(ws).await;
+    assert_eq!(frame["type"], "welcome", "{frame}");
+    frame
+}
