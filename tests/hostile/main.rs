@@ -11,6 +11,8 @@
 //! Figures go to stderr: `cargo test --test hostile -- --nocapture`.
 
 mod history;
+mod inbound;
+mod nofile;
 mod peer_clock;
 mod per_connection;
 mod pipelined;
