@@ -16,6 +16,7 @@ mod nofile;
 mod peer_clock;
 mod per_connection;
 mod pipelined;
+mod replay;
 mod stuck_reader;
 
 use std::time::Duration;
