@@ -50,7 +50,7 @@ async fn forty_rooms_of_large_messages_stay_under_the_history_budget() {
             "{ROOMS} rooms x {PER_ROOM} messages of {MESSAGE_BYTES} B (~{} MiB sent) under a \
              {BUDGET_MIB} MiB budget: RSS growth {settled} KiB settled, {peak} KiB at peak \
              (bound {bound} KiB)",
-            ROOMS as u64 * PER_ROOM * MESSAGE_BYTES as u64 >> 20
+            (ROOMS as u64 * PER_ROOM * MESSAGE_BYTES as u64) >> 20
         ),
     );
     assert!(

@@ -16,15 +16,21 @@ mod nofile;
 mod peer_clock;
 mod per_connection;
 mod pipelined;
+mod redis_evicting;
+mod redis_full;
 mod replay;
 mod stuck_reader;
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
 use testkit::bench::LOAD_GENERATOR_LIMITS;
 use testkit::ws::{Ws, recv_json};
-use testkit::{Roomcast, Server};
+use testkit::{Roomcast, Server, http};
+use tokio::task::JoinHandle;
 
 /// A roomcast process attacked from one address: the attacks flood on purpose, so the
 /// per-connection publish rate and the per-address caps are lifted (they are not what these
@@ -62,4 +68,33 @@ async fn welcome(ws: &mut Ws) -> Value {
     let frame = recv_json(ws).await;
     assert_eq!(frame["type"], "welcome", "{frame}");
     frame
+}
+
+/// `/readyz` polled every 50 ms on a task of its own, for tests that say it stays 200.
+struct ReadinessWatch {
+    stop: Arc<AtomicBool>,
+    task: JoinHandle<Vec<u16>>,
+}
+
+impl ReadinessWatch {
+    fn start(addr: SocketAddr) -> ReadinessWatch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let task = tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            while !stopped.load(Ordering::Relaxed) {
+                let status = http::try_get(addr, "/readyz").await.map_or(0, |r| r.status);
+                statuses.push(status);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            statuses
+        });
+        ReadinessWatch { stop, task }
+    }
+
+    /// Every status seen (0: no answer), in order.
+    async fn stop(self) -> Vec<u16> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.expect("the readiness watch")
+    }
 }
