@@ -25,18 +25,14 @@ const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 
 /// A frame header as a client sends it: masked, announcing `length` payload bytes.
 pub fn header(fin: bool, opcode: u8, length: usize) -> Vec<u8> {
-    let mut out = vec![if fin { 0x80 } else { 0 } | opcode];
-    match length {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n <= u16::MAX as usize => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
+    // The 7-bit length, or 126 or 127 and the length in the next 2 or 8 bytes.
+    let (short, extended) = match length {
+        n if n < 126 => (n as u8, Vec::new()),
+        n if n <= u16::MAX as usize => (126, (n as u16).to_be_bytes().to_vec()),
+        n => (127, (n as u64).to_be_bytes().to_vec()),
+    };
+    let mut out = vec![if fin { 0x80 } else { 0 } | opcode, 0x80 | short];
+    out.extend(extended);
     out.extend_from_slice(&MASK);
     out
 }

@@ -28,8 +28,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 use testkit::bench::LOAD_GENERATOR_LIMITS;
+use testkit::redis::RedisServer;
 use testkit::ws::{Ws, recv_json};
-use testkit::{Roomcast, Server, http};
+use testkit::{Endpoint, Roomcast, Server, http};
 use tokio::task::JoinHandle;
 
 /// A roomcast process attacked from one address: the attacks flood on purpose, so the
@@ -57,6 +58,37 @@ const LONG_CLOCK: &[(&str, &str)] = &[
     ("ROOMCAST_HEARTBEAT_MS", "30000"),
     ("ROOMCAST_PEER_TIMEOUT_MS", "60000"),
 ];
+
+/// What the Redis-full tests give Redis: a small fraction of what the rooms would take.
+const REDIS_MAXMEMORY: &str = "4mb";
+const REDIS_MAXMEMORY_BYTES: u64 = 4 << 20;
+
+/// A redis-server holding at most [`REDIS_MAXMEMORY`], freeing it by `policy`; without the
+/// append-only file, which would only slow the flood down. `None` where there is no
+/// redis-server (skipped, or failed in CI).
+fn small_redis(policy: &str) -> Option<RedisServer> {
+    if !RedisServer::available() {
+        return None;
+    }
+    Some(RedisServer::start_with(&[
+        "--appendonly",
+        "no",
+        "--maxmemory",
+        REDIS_MAXMEMORY,
+        "--maxmemory-policy",
+        policy,
+    ]))
+}
+
+/// [`attacked`], with rooms in `redis`, once it is ready.
+async fn attacked_on(redis: &RedisServer, env: &[(&str, &str)]) -> Server {
+    let url = redis.url();
+    let mut env = env.to_vec();
+    env.push(("ROOMCAST_REDIS_URL", &url));
+    let server = attacked(&env);
+    server.wait_metric("roomcast_ready", 1).await;
+    server
+}
 
 /// Prints one measured figure where `--nocapture` shows it.
 fn figure(test: &str, text: &str) {

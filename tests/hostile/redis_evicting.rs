@@ -4,31 +4,24 @@
 
 use std::time::Duration;
 
+use testkit::Endpoint;
 use testkit::raw_ws::chat_text;
 use testkit::redis::RedisServer;
 use testkit::ws::{Ws, chat, connect, recv_json, send_chat};
-use testkit::{Endpoint, Server};
-use tokio::time::Instant;
 
-use super::{attacked, figure, welcome};
+use super::{REDIS_MAXMEMORY, REDIS_MAXMEMORY_BYTES, attacked_on, figure, small_redis, welcome};
 
-const MAXMEMORY: &str = "4mb";
-const MAXMEMORY_BYTES: u64 = 4 << 20;
 /// `INFO` counts what Redis allocates while answering it, after it evicted for the command:
 /// a reading may pass the limit by a few bytes.
 const INFO_SLACK: u64 = 4096;
-/// Rooms filled one after another and then left idle: twice `MAXMEMORY` in all...
-const FLOOD_ROOMS: usize = 16;
-const FLOOD_PER_ROOM: usize = 16;
+/// Rooms filled one after another and then left idle, half again `REDIS_MAXMEMORY` in all,
+/// at a pace: Redis's LRU clock ticks once a second, so idle has to mean idle for seconds.
+/// About nine rooms fit, so a room has been idle for three seconds or more when Redis
+/// evicts it, while the chatting room is never idle for one.
+const FLOOD_ROOMS: usize = 20;
+const FLOOD_PER_ROOM: usize = 8;
 const FLOOD_BYTES: usize = 32 * 1024;
-/// ...the first ones at once, filling most of Redis (none evicted yet); then the chatting
-/// room goes on alone for a while. Redis's LRU clock ticks once a second, so idle has to
-/// mean idle for seconds.
-const FIRST_ROOMS: usize = 3;
-const QUIET: Duration = Duration::from_millis(2500);
-/// Between the later rooms' messages: a room takes about half a second, so the rooms Redis
-/// evicts from have been idle for seconds, longer than the chatting room ever is.
-const PAUSE: Duration = Duration::from_millis(30);
+const PAUSE: Duration = Duration::from_millis(40);
 
 /// Publishes one flood message and reads the flooder's frames up to its own copy; whether
 /// it was refused, and how many reset notices came first.
@@ -79,20 +72,10 @@ fn used_memory(redis: &RedisServer) -> u64 {
 
 #[tokio::test]
 async fn a_full_redis_with_volatile_lru_evicts_idle_rooms_and_loses_nothing_live() {
-    if !RedisServer::available() {
+    let Some(redis) = small_redis("volatile-lru") else {
         return;
-    }
-    let redis = RedisServer::start_with(&[
-        "--appendonly",
-        "no",
-        "--maxmemory",
-        MAXMEMORY,
-        "--maxmemory-policy",
-        "volatile-lru",
-    ]);
-    let url = redis.url();
-    let server: Server = attacked(&[("ROOMCAST_REDIS_URL", &url)]);
-    server.wait_metric("roomcast_ready", 1).await;
+    };
+    let server = attacked_on(&redis, &[]).await;
     let lively = server.ws_url("/ws/chat/lively/");
     let mut sender = connect(&lively, true).await;
     let mut reader = connect(&lively, true).await;
@@ -111,20 +94,11 @@ async fn a_full_redis_with_volatile_lru_evicts_idle_rooms_and_loses_nothing_live
             refused += u64::from(was_refused);
             resets += reset_notices;
             chat_once(&mut sender, &mut reader, &mut seq).await;
-            if room >= FIRST_ROOMS {
-                tokio::time::sleep(PAUSE).await;
-            }
+            tokio::time::sleep(PAUSE).await;
         }
         // The room goes idle: its member leaves.
         drop(flooder);
         peak = peak.max(used_memory(&redis));
-        if room + 1 == FIRST_ROOMS {
-            let quiet_since = Instant::now();
-            while quiet_since.elapsed() < QUIET {
-                chat_once(&mut sender, &mut reader, &mut seq).await;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
     }
 
     let evicted = redis.info_number("stats", "evicted_keys").unwrap_or(0);
@@ -132,7 +106,7 @@ async fn a_full_redis_with_volatile_lru_evicts_idle_rooms_and_loses_nothing_live
     figure(
         "redis volatile-lru",
         &format!(
-            "{FLOOD_ROOMS} rooms x {FLOOD_PER_ROOM} x {FLOOD_BYTES} B into {MAXMEMORY}: \
+            "{FLOOD_ROOMS} rooms x {FLOOD_PER_ROOM} x {FLOOD_BYTES} B into {REDIS_MAXMEMORY}: \
              {evicted} keys evicted, {idle_logs} idle rooms keep a history, used_memory at \
              most {peak} B, {seq} chat messages all delivered, {refused} flood publishes \
              refused, {resets} reset notices to flooders"
@@ -147,8 +121,8 @@ async fn a_full_redis_with_volatile_lru_evicts_idle_rooms_and_loses_nothing_live
         "every idle room kept its history: {idle_logs}"
     );
     assert!(
-        peak <= MAXMEMORY_BYTES + INFO_SLACK,
-        "used_memory {peak} B, over maxmemory {MAXMEMORY_BYTES} B"
+        peak <= REDIS_MAXMEMORY_BYTES + INFO_SLACK,
+        "used_memory {peak} B, over maxmemory {REDIS_MAXMEMORY_BYTES} B"
     );
     let untimed: Vec<(String, i64)> = ttls(&redis, "roomcast:*")
         .into_iter()

@@ -6,14 +6,12 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use testkit::raw_ws::{Open, RawWs, chat_text};
-use testkit::redis::RedisServer;
 use testkit::ws::{Ws, chat, connect, expect_close, recv_json, send_chat};
 use testkit::{Endpoint, Server};
 use tokio::time::Instant;
 
-use super::{ReadinessWatch, attacked, figure, welcome};
+use super::{REDIS_MAXMEMORY, ReadinessWatch, attacked_on, figure, small_redis, welcome};
 
-const MAXMEMORY: &str = "4mb";
 const FILL_ROOMS: usize = 6;
 const FILL_BYTES: usize = 32 * 1024;
 /// Per room: past its 1 MiB of history, so the rooms together outgrow `MAXMEMORY`.
@@ -66,20 +64,10 @@ async fn refused_in_time(ws: &mut Ws, extended: bool) -> Duration {
 
 #[tokio::test]
 async fn a_full_redis_without_eviction_refuses_publishes_out_loud() {
-    if !RedisServer::available() {
+    let Some(redis) = small_redis("noeviction") else {
         return;
-    }
-    let redis = RedisServer::start_with(&[
-        "--appendonly",
-        "no",
-        "--maxmemory",
-        MAXMEMORY,
-        "--maxmemory-policy",
-        "noeviction",
-    ]);
-    let url = redis.url();
-    let server = attacked(&[("ROOMCAST_REDIS_URL", &url)]);
-    server.wait_metric("roomcast_ready", 1).await;
+    };
+    let server = attacked_on(&redis, &[]).await;
     let readiness = ReadinessWatch::start(server.addr());
 
     // Rooms that exist before the fill, each with a message in its history.
@@ -101,7 +89,7 @@ async fn a_full_redis_without_eviction_refuses_publishes_out_loud() {
         "redis noeviction",
         &format!(
             "{sent} messages of {FILL_BYTES} B over {FILL_ROOMS} rooms until refused; \
-             used_memory {used} B of {MAXMEMORY}"
+             used_memory {used} B of {REDIS_MAXMEMORY}"
         ),
     );
     assert!(

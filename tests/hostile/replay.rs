@@ -1,16 +1,16 @@
-//! Replay pins no memory: four clients that resume with `?since=0` into a room with 1 MiB
-//! of history and never read cost no more than four live members that never read, with
-//! the embedded broker and with Redis.
+//! Replay pins no memory: four clients that resume with `?since=0` into rooms with 1 MiB
+//! of history and never read cost no more than four live members of such rooms that never
+//! read, with the embedded broker and with Redis.
 
 use futures_util::SinkExt;
+use testkit::Endpoint;
 use testkit::raw_ws::{Event, Open, RawWs, TEXT, chat_text};
 use testkit::redis::RedisServer;
 use testkit::rss::Rss;
 use testkit::ws::{Ws, chat, connect, recv_json};
-use testkit::{Endpoint, Server};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{LONG_CLOCK, attacked, figure};
+use super::{LONG_CLOCK, attacked, attacked_on, figure};
 
 const STALLED: u64 = 4;
 /// 20 messages of 64 KiB: past the room's 1 MiB of history (`ROOMCAST_HISTORY_BYTES`).
@@ -26,9 +26,9 @@ const NOISE_KIB: u64 = 512;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stalled {
-    /// Each joins with `?since=0`: the room's whole history is replayed to it.
+    /// Each joins its room with `?since=0`: the room's whole history is replayed to it.
     Resumers,
-    /// Each joins live, and the room then gets as much as their send queues hold.
+    /// Each joins its room live, and the room then gets as much as its send queue holds.
     LiveMembers,
 }
 
@@ -41,39 +41,43 @@ async fn publish(keeper: &mut Ws, first_seq: u64, count: u64) {
     }
 }
 
-/// RSS growth of a fresh server once `STALLED` clients of the kind hold what they do not read.
+/// RSS growth of a fresh server once `STALLED` clients of the kind, each in a room of its
+/// own with 1 MiB of history, hold what they do not read.
 async fn growth(redis: Option<&RedisServer>, stalled: Stalled) -> u64 {
-    let url = redis.map(RedisServer::url).unwrap_or_default();
-    let mut env = LONG_CLOCK.to_vec();
-    if redis.is_some() {
-        env.push(("ROOMCAST_REDIS_URL", &url));
+    let server = match redis {
+        Some(redis) => attacked_on(redis, LONG_CLOCK).await,
+        None => attacked(LONG_CLOCK),
+    };
+    // Each room has a keeper: an embedded room's history lives while it has members.
+    let mut keepers = Vec::new();
+    for room in 0..STALLED {
+        let url = server.ws_url(&format!("/ws/chat/archive-{stalled:?}-{room}/"));
+        let mut keeper = connect(&url, false).await;
+        publish(&mut keeper, 1, MESSAGES).await;
+        keepers.push(keeper);
     }
-    let server: Server = attacked(&env);
-    server.wait_metric("roomcast_ready", 1).await;
-    let room = format!("archive-{stalled:?}");
-    let mut keeper = connect(&server.ws_url(&format!("/ws/chat/{room}/")), false).await;
-    publish(&mut keeper, 1, MESSAGES).await;
     let rss = Rss::baseline(server.pid()).await;
 
-    let path = match stalled {
-        Stalled::Resumers => format!("/ws/chat/{room}/?since=0"),
-        Stalled::LiveMembers => format!("/ws/chat/{room}/"),
-    };
     let mut clients = Vec::new();
-    for _ in 0..STALLED {
+    for room in 0..STALLED {
+        let path = match stalled {
+            Stalled::Resumers => format!("/ws/chat/archive-{stalled:?}-{room}/?since=0"),
+            Stalled::LiveMembers => format!("/ws/chat/archive-{stalled:?}-{room}/"),
+        };
         let open = Open::path(&path).receive_buffer(4096);
         clients.push(RawWs::connect(server.addr(), open).await);
     }
-    server
-        .wait_metric("roomcast_websockets_open", STALLED + 1)
-        .await;
+    let open = 2 * STALLED;
+    server.wait_metric("roomcast_websockets_open", open).await;
     if stalled == Stalled::LiveMembers {
-        publish(&mut keeper, MESSAGES + 1, SLOW_READER_FRAMES).await;
+        for keeper in &mut keepers {
+            publish(keeper, MESSAGES + 1, SLOW_READER_FRAMES).await;
+        }
     }
     let grown = rss.growth_kib().await;
     // Still connected and not cut, each stuck in what it was sent: a welcome first for a
     // resumer.
-    assert_eq!(server.metric("roomcast_websockets_open").await, STALLED + 1);
+    assert_eq!(server.metric("roomcast_websockets_open").await, open);
     assert_eq!(server.metric("roomcast_slow_reader_drops_total").await, 0);
     for client in &mut clients {
         let Event::Frame(first) = client.next_event(testkit::WAIT).await else {
