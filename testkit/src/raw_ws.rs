@@ -196,9 +196,12 @@ impl RawWs {
         }
     }
 
-    /// Writes `bytes` as they are: a frame, a part of one, several.
+    /// Writes `bytes` as they are: a frame, a part of one, several; a server that stops
+    /// reading makes it fail after [`WAIT`].
     pub async fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.stream.write_all(bytes).await
+        tokio::time::timeout(WAIT, self.stream.write_all(bytes))
+            .await
+            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
     }
 
     pub async fn send(&mut self, fin: bool, opcode: u8, payload: &[u8]) -> io::Result<()> {
