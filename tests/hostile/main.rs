@@ -1,7 +1,8 @@
 //! Hostile clients I: memory stays bounded and stuck peers are cut. Every test attacks the
 //! real binary over loopback the way a hostile or broken client would, then asserts the
 //! bound: history under its budget ([`history`]), Redis full with and without eviction
-//! ([`redis_full`], [`redis_evicting`]), a reader that stops reading ([`stuck_reader`]),
+//! ([`redis_full`], [`redis_evicting`]), a reader that stops reading, be it chat, a
+//! replay, echoes or error frames ([`stuck_reader`]),
 //! replays that are never read ([`replay`]), half-sent messages and silent peers
 //! ([`peer_clock`]), unread pipelined responses ([`pipelined`]), the open-file limit
 //! ([`nofile`]), large messages in flight ([`inbound`]) and what one connection costs at
