@@ -1,12 +1,11 @@
 //! Hostile clients I: memory stays bounded and stuck peers are cut. Every test attacks the
 //! real binary over loopback the way a hostile or broken client would, then asserts the
 //! bound: history under its budget ([`history`]), Redis full with and without eviction
-//! ([`redis_full`], [`redis_evicting`]), a reader that stops reading, be it chat, a
-//! replay, echoes or error frames ([`stuck_reader`]),
-//! replays that are never read ([`replay`]), half-sent messages and silent peers
-//! ([`peer_clock`]), unread pipelined responses ([`pipelined`]), the open-file limit
-//! ([`nofile`]), large messages in flight ([`inbound`]) and what one connection costs at
-//! worst ([`per_connection`]).
+//! ([`redis_full`], [`redis_evicting`]), a reader that stops reading chat, a replay, echoes
+//! or error frames ([`stuck_reader`]), replays that are never read ([`replay`]), half-sent
+//! messages and silent peers ([`peer_clock`]), unread pipelined responses ([`pipelined`]),
+//! the open-file limit ([`nofile`]), large messages in flight ([`inbound`]) and what one
+//! connection costs at worst ([`per_connection`]).
 //!
 //! RSS is always read from a server process of the test's own, as growth over a baseline.
 //! Figures go to stderr: `cargo test --test hostile -- --nocapture`.
