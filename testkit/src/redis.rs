@@ -1,7 +1,7 @@
 //! A real `redis-server` on a free loopback port: start (with extra arguments), stop, restart
 //! with its data, stall, and a small RESP client. Killed on drop.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
 use std::thread::JoinHandle;
@@ -126,8 +126,10 @@ impl RedisServer {
         })
     }
 
-    /// Runs one command over RESP and returns the reply's lines (enough for integers, bulk
-    /// strings and flat arrays), or `None` when Redis does not answer.
+    /// Runs one command over RESP and returns the reply flattened: each bulk string's text
+    /// (several lines, as `INFO` gives, stay one value; a nil adds none), each other reply's
+    /// line as sent (`+OK`, `:3`, `-ERR …`), the elements of arrays in order. `None` when
+    /// Redis does not answer.
     pub fn command(&self, args: &[&str]) -> Option<Vec<String>> {
         let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
         stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
@@ -136,34 +138,43 @@ impl RedisServer {
             request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
         }
         stream.write_all(request.as_bytes()).ok()?;
-        let mut reader = BufReader::new(stream);
-        let mut read_line = || {
-            let mut line = String::new();
-            reader.read_line(&mut line).ok().filter(|n| *n > 0)?;
-            Some(line.trim_end().to_string())
-        };
-        let first = read_line()?;
         let mut values = Vec::new();
-        let mut pending = match first.as_bytes().first() {
-            Some(b'*') => first[1..].parse::<i64>().ok()?.max(0) as usize,
-            _ => {
-                values.push(first);
-                0
-            }
-        };
-        while pending > 0 {
-            let line = read_line()?;
-            if line.starts_with('$') {
-                values.push(read_line()?);
-            } else {
-                values.push(line);
-            }
-            pending -= 1;
-        }
-        // A bulk-string reply: drop its "$len" line.
-        if values.len() == 2 && values[0].starts_with('$') {
-            values.remove(0);
-        }
+        read_reply(&mut BufReader::new(stream), &mut values)?;
         Some(values)
     }
+
+    /// A field of `INFO section` as a number, e.g. `used_memory` of `memory`.
+    pub fn info_number(&self, section: &str, field: &str) -> Option<u64> {
+        let text = self.command(&["INFO", section])?.into_iter().next()?;
+        text.lines()
+            .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))?
+            .trim()
+            .parse()
+            .ok()
+    }
+}
+
+/// Reads one reply into `values`, arrays element by element.
+fn read_reply(reader: &mut BufReader<TcpStream>, values: &mut Vec<String>) -> Option<()> {
+    let mut line = String::new();
+    reader.read_line(&mut line).ok().filter(|n| *n > 0)?;
+    let line = line.trim_end();
+    let count = || line[1..].parse::<i64>().ok();
+    match line.as_bytes().first() {
+        Some(b'*') => {
+            for _ in 0..count()?.max(0) {
+                read_reply(reader, values)?;
+            }
+        }
+        Some(b'$') => {
+            if let Ok(length) = usize::try_from(count()?) {
+                let mut text = vec![0u8; length + 2];
+                reader.read_exact(&mut text).ok()?;
+                text.truncate(length);
+                values.push(String::from_utf8_lossy(&text).into_owned());
+            }
+        }
+        _ => values.push(line.to_string()),
+    }
+    Some(())
 }
