@@ -90,6 +90,17 @@ pub async fn recv_json(ws: &mut Ws) -> Value {
     }
 }
 
+/// The next text frame as JSON that is not about presence (`join`, `leave`, `members`):
+/// for tests about messages in rooms where members come and go.
+pub async fn recv_unless_presence(ws: &mut Ws) -> Value {
+    loop {
+        let frame = recv_json(ws).await;
+        if !matches!(frame["type"].as_str(), Some("join" | "leave" | "members")) {
+            return frame;
+        }
+    }
+}
+
 /// The next message that is not a ping or pong, within [`WAIT`].
 pub async fn next_message(ws: &mut Ws) -> Option<Result<Message, WsError>> {
     tokio::time::timeout(WAIT, async {

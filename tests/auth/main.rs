@@ -170,10 +170,7 @@ pub async fn raw_upgrade(
 /// The next chat frame, its sender checked: `user` as the server set it, or none at all.
 /// Presence events (members arriving and leaving) are passed over.
 pub async fn expect_chat(client: &mut Ws, message: &str, user: Option<&Value>) -> Value {
-    let mut frame = ws::recv_json(client).await;
-    while matches!(frame["type"].as_str(), Some("join" | "leave" | "members")) {
-        frame = ws::recv_json(client).await;
-    }
+    let frame = ws::recv_unless_presence(client).await;
     assert!(frame.get("type").is_none(), "not a chat frame: {frame}");
     assert_eq!(frame["message"], message, "{frame}");
     assert!(frame["seq"].is_u64() && frame["ts"].is_u64(), "{frame}");

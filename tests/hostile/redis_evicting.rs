@@ -7,7 +7,7 @@ use std::time::Duration;
 use testkit::Endpoint;
 use testkit::raw_ws::chat_text;
 use testkit::redis::RedisServer;
-use testkit::ws::{Ws, chat, connect, recv_json, send_chat};
+use testkit::ws::{Ws, chat, connect, recv_unless_presence, send_chat};
 
 use super::{REDIS_MAXMEMORY, REDIS_MAXMEMORY_BYTES, attacked_on, figure, small_redis, welcome};
 
@@ -29,7 +29,7 @@ async fn flood_once(flooder: &mut Ws, body: &str) -> (bool, u64) {
     send_chat(flooder, body).await;
     let mut resets = 0;
     loop {
-        let frame = recv_json(flooder).await;
+        let frame = recv_unless_presence(flooder).await;
         match frame["type"].as_str() {
             None => return (false, resets),
             Some("error") => return (true, resets),
@@ -46,7 +46,7 @@ async fn chat_once(sender: &mut Ws, reader: &mut Ws, seq: &mut u64) {
     let message = format!("lively {seq}");
     send_chat(sender, &message).await;
     for ws in [sender, reader] {
-        let frame = recv_json(ws).await;
+        let frame = recv_unless_presence(ws).await;
         assert!(frame.get("type").is_none(), "the chatting room got {frame}");
         assert_eq!(chat(&frame), (message.clone(), *seq));
     }

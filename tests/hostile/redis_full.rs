@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use testkit::raw_ws::{Open, RawWs, chat_text};
-use testkit::ws::{Ws, chat, connect, expect_close, recv_json, send_chat};
+use testkit::ws::{Ws, chat, connect, expect_close, recv_unless_presence, send_chat};
 use testkit::{Endpoint, Server};
 use tokio::time::Instant;
 
@@ -32,7 +32,7 @@ async fn fill(server: &Server, room: usize) -> (u64, bool, Ws) {
         .into();
     for sent in 1..=FILL_MAX {
         send_chat(&mut ws, &body).await;
-        let frame = recv_json(&mut ws).await;
+        let frame = recv_unless_presence(&mut ws).await;
         match frame["type"].as_str() {
             None => assert_eq!(chat(&frame).1, sent, "fill-{room}"),
             Some("error") => {
@@ -50,7 +50,7 @@ async fn refused_in_time(ws: &mut Ws, extended: bool) -> Duration {
     let sent = Instant::now();
     send_chat(ws, "after the fill").await;
     if extended {
-        let frame = recv_json(ws).await;
+        let frame = recv_unless_presence(ws).await;
         assert_eq!(
             (frame["type"].as_str(), frame["code"].as_str()),
             (Some("error"), Some("unavailable")),
@@ -77,10 +77,10 @@ async fn a_full_redis_without_eviction_refuses_publishes_out_loud() {
     let mut plain = connect(&server.ws_url("/ws/chat/kept-plain/"), false).await;
     send_chat(&mut extended, "before").await;
     for ws in [&mut extended, &mut bystander] {
-        assert_eq!(chat(&recv_json(ws).await), ("before".into(), 1));
+        assert_eq!(chat(&recv_unless_presence(ws).await), ("before".into(), 1));
     }
     send_chat(&mut plain, "before").await;
-    assert_eq!(chat(&recv_json(&mut plain).await).1, 1);
+    assert_eq!(chat(&recv_unless_presence(&mut plain).await).1, 1);
 
     let fills = join_all((0..FILL_ROOMS).map(|room| fill(&server, room))).await;
     let sent: u64 = fills.iter().map(|(sent, ..)| sent).sum();
@@ -127,7 +127,10 @@ async fn a_full_redis_without_eviction_refuses_publishes_out_loud() {
         (hello["room"].as_str(), hello["seq"].as_u64()),
         (Some("kept"), Some(1))
     );
-    assert_eq!(chat(&recv_json(&mut again).await), ("before".into(), 1));
+    assert_eq!(
+        chat(&recv_unless_presence(&mut again).await),
+        ("before".into(), 1)
+    );
     // A new room needs a write: refused with 503, the connection answered.
     match RawWs::open(server.addr(), Open::path("/ws/chat/brand-new/")).await {
         Ok(Err(response)) => assert_eq!(response.status, 503, "{response:?}"),

@@ -130,6 +130,7 @@ impl LocalBroker {
         }
         let id = state.add_member(sender);
         let members = state.presence.members(self.presence.list);
+        state.welcomed_alone(members.count);
         let replay = plan_replay(
             resume.as_ref(),
             &room.epoch,

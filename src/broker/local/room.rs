@@ -83,6 +83,13 @@ impl RoomState {
         id
     }
 
+    /// A joiner alone here was told the count in its welcome: nobody needs it announced.
+    pub fn welcomed_alone(&mut self, count: u64) {
+        if self.members.len() == 1 {
+            self.announced = (count, Instant::now());
+        }
+    }
+
     pub fn remove_member(&mut self, id: u64) {
         self.members.retain(|member| member.id != id);
     }

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, RedisError};
+use redis::{AsyncConnectionConfig, Client, ErrorKind, RedisError};
 use tokio::sync::{Mutex as AsyncMutex, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout, timeout_at};
@@ -357,8 +357,14 @@ impl Drop for Member {
 }
 
 /// A lost or stalled connection, as opposed to Redis answering with an error.
+/// Redis did not answer (the connection broke, timed out, or spoke nonsense), as opposed to
+/// answering with an error: one refused command (out of memory, say) is not an outage, also
+/// when it fails a pipeline.
 fn is_outage(error: &RedisError) -> bool {
-    error.code().is_none()
+    !matches!(
+        error.kind(),
+        ErrorKind::Server(_) | ErrorKind::Extension | ErrorKind::UnexpectedReturnType
+    )
 }
 
 async fn connect(client: &Client) -> Result<MultiplexedConnection, RedisError> {
@@ -377,4 +383,18 @@ fn next_backoff(backoff: Duration) -> Duration {
 /// Resolves once the broker is closing.
 async fn stopping(stopped: &mut watch::Receiver<bool>) {
     let _ = stopped.wait_for(|stop| *stop).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_unanswered_command_is_an_outage() {
+        let broken = RedisError::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        let timed_out = RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut));
+        assert!(is_outage(&broken) && is_outage(&timed_out));
+        let refused = RedisError::from((ErrorKind::Extension, "OOM", "used > maxmemory".into()));
+        assert!(!is_outage(&refused), "an answer is not an outage");
+    }
 }

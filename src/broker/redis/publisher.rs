@@ -166,21 +166,25 @@ impl Publisher {
                 returned.push(held);
                 continue;
             }
-            match outcome(reply) {
+            let outcome = outcome(reply);
+            match outcome {
                 Outcome::Applied => {
                     queue.settle(&held, true);
                     held.origin
                         .settle(scripts::accepted(reply).ok_or(Unavailable));
                     continue;
                 }
+                // Redis forgot the script (a restart, or our first publish): loaded and
+                // sent again at once, which is no refusal worth a word.
                 Outcome::NoScript => needs_script = true,
                 Outcome::Retry => streak.retrying = true,
                 Outcome::Failed => {}
             }
-            let error = reply.as_ref().err();
-            streak.note(error);
+            if outcome != Outcome::NoScript {
+                streak.note(reply.as_ref().err());
+            }
             let mut held = held;
-            let give_up = match outcome(reply) {
+            let give_up = match outcome {
                 Outcome::Failed => true,
                 Outcome::Retry => {
                     let since = *held.failing_since.get_or_insert_with(Instant::now);
@@ -192,7 +196,9 @@ impl Publisher {
             if give_up {
                 given_up.push(held);
             } else {
-                self.inner.metrics.publish_retried();
+                if outcome == Outcome::Retry {
+                    self.inner.metrics.publish_retried();
+                }
                 returned.push(held);
             }
         }

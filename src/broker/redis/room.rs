@@ -54,6 +54,13 @@ impl Room {
         }
     }
 
+    /// A joiner alone here was told the count in its welcome: nobody needs it announced.
+    pub fn welcomed_alone(&mut self, count: u64) {
+        if self.members.len() == 1 {
+            self.announced = (count, Instant::now());
+        }
+    }
+
     /// A new member's id, its feed, and a handle on the feed that does not keep it open.
     pub fn add_member(&mut self, live_after: u64, queue: (usize, usize)) -> (u64, Feed, WeakFeed) {
         let (sender, feed) = feed::channel(queue.0, queue.1);

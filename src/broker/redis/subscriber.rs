@@ -271,6 +271,9 @@ impl RoomTask {
             Err(error) if is_outage(&error) => return Err(error),
             Err(_) => Members::default(),
         };
+        if let Some(room) = self.rooms.get_mut(&name) {
+            room.welcomed_alone(members.count);
+        }
         let member = Member {
             inner,
             room: name,

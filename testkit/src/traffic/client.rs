@@ -222,7 +222,11 @@ fn on_text(text: &str, tally: &Mutex<Tally>, publisher: Option<&mut Publisher>) 
     let frame: Value = serde_json::from_str(text).unwrap_or_default();
     let mut t = tally.lock().unwrap();
     let (Some(message), Some(seq)) = (frame["message"].as_str(), frame["seq"].as_u64()) else {
-        t.notices.push(text.to_string());
+        // Presence counts move as clients change instance; any other notice (a reset, an
+        // error) means something was lost or refused.
+        if frame["type"] != "members" {
+            t.notices.push(text.to_string());
+        }
         return;
     };
     if seq <= t.last_seq {
