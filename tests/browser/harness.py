@@ -143,13 +143,17 @@ class Window:
         self.driver = webdriver.Chrome(
             service=Service(executable_path=os.environ["ROOMCAST_CHROMEDRIVER"]), options=options
         )
-        width, height = size
-        self.driver.execute_cdp_cmd(
-            "Emulation.setDeviceMetricsOverride",
-            {"width": width, "height": height, "deviceScaleFactor": 2 if mobile else 1, "mobile": mobile},
-        )
-        self.driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": PROBE})
-        self.driver.execute_cdp_cmd("Network.enable", {})
+        try:
+            width, height = size
+            self.driver.execute_cdp_cmd(
+                "Emulation.setDeviceMetricsOverride",
+                {"width": width, "height": height, "deviceScaleFactor": 2 if mobile else 1, "mobile": mobile},
+            )
+            self.driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": PROBE})
+            self.driver.execute_cdp_cmd("Network.enable", {})
+        except BaseException:
+            self.quit()
+            raise
 
     def quit(self):
         try:
@@ -394,10 +398,18 @@ class TokenEndpoint:
         self.server.server_close()
 
 
+def stop_when_orphaned(parent):
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def main(scenarios):
     """`scenarios.py <name> <setup JSON>`: runs one scenario and reports its measurements."""
-    # The Rust test stops a scenario with SIGTERM: unwind, so every window is closed.
+    # The Rust test stops a scenario with SIGTERM: unwind, so every window is closed. If the
+    # test itself is gone (killed), stop the same way.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    threading.Thread(target=stop_when_orphaned, args=(os.getppid(),), daemon=True).start()
     name, setup = sys.argv[1], json.loads(sys.argv[2])
     control = Control()
     measurements = scenarios[name](setup, control)
