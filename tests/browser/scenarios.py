@@ -16,10 +16,11 @@ LONG_ROOM = "weekly-release-coordination-and-incident-review-platform"
 # What the server allows by default: 64 KiB of the whole frame.
 MAX_FRAME_BYTES = 65536
 FRAME_OVERHEAD = len('{"message":""}')
-# The page's promise: connected at most 2 s after the server is ready; a little slack for
-# timers on a busy machine.
+# The page's promise: connected at most 2 s after the server is ready. This checks that
+# bound, not a speed: the slack is for timers and handshakes on a busy two-core machine, and
+# the page before the bound took 5.4 s.
 RECONNECT_BOUND_MS = 2000
-SLACK_MS = 700
+SLACK_MS = 1000
 
 
 def no_problems(*windows):
