@@ -259,26 +259,30 @@ def notices(setup, control):
                 "rate_limited_and_resent": refused, "screenshots": [shot]}
 
 
-def chat_through(windows, control, ask, args, rounds_after=4):
-    """Both windows say something every quarter second while `ask` runs on the servers, and
-    until a few rounds after every window is connected again; what they said, and the answer."""
-    said = []
-    pending = None
-    index, after = 0, 0
-    while True:
-        index += 1
-        for window in windows:
-            text = f"{window.name} {index:03}"
+class Chatter:
+    """Windows taking turns at a person's pace, under the publish rate: each says something
+    every quarter second or so. Remembers what was said, in order."""
+
+    def __init__(self, windows):
+        self.windows, self.said, self.rounds = windows, [], 0
+
+    def round(self):
+        self.rounds += 1
+        assert self.rounds < 200, "the servers never came back"
+        for window in self.windows:
+            text = f"{window.name} {self.rounds:03}"
             window.send(text)
-            said.append(text)
+            self.said.append(text)
         time.sleep(0.25)
-        if index == 4:
-            pending = control.ask_later(ask, **args)
-        if pending is not None and pending.done() and all(w.state() == "connected" for w in windows):
-            after += 1
-            if after == rounds_after:
-                return said, pending.result()
-        assert index < 200, "the servers never came back"
+
+    def through(self, future, until_connected):
+        """Rounds until `future` (a request to the test) is done and `until_connected` are
+        connected, then four more; the request's answer."""
+        while not (future.done() and all(w.state() == "connected" for w in until_connected)):
+            self.round()
+        for _ in range(4):
+            self.round()
+        return future.result()
 
 
 def redis(setup, control):
@@ -292,39 +296,21 @@ def redis(setup, control):
         for window in (phone, desk):
             window.wait_state("connected")
 
-        said = []
-        index = 0
-
-        def round_():
-            """Each window says something; a person's pace, under the publish rate."""
-            nonlocal index
-            index += 1
-            for window in (phone, desk):
-                text = f"{window.name} {index:03}"
-                window.send(text)
-                said.append(text)
-            time.sleep(0.25)
-
+        chatter = Chatter([phone, desk])
         for _ in range(3):
-            round_()
+            chatter.round()
         before = now_ms()
         stopping = control.ask_later("stop", node="a")
         while not stopping.done():
-            round_()
+            chatter.round()
         stopped = stopping.result()["stopped_ms"]
         phone.wait_state("reconnecting")
         header = compact_header(phone)
         while now_ms() < stopped + 2000:
-            round_()
-        starting = control.ask_later("start", node="a")
-        while not (starting.done() and phone.state() == "connected"):
-            round_()
-            assert index < 100, "the phone never reconnected"
-        ready = starting.result()["ready_ms"]
-        for _ in range(4):
-            round_()
+            chatter.round()
+        ready = chatter.through(control.ask_later("start", node="a"), [phone])["ready_ms"]
 
-        shown = in_one_order([phone, desk], said)
+        shown = in_one_order([phone, desk], chatter.said)
         measured = reconnect(phone, before, ready)
         check_reconnect("phone", measured)
         # What the desktop said while the phone was away came in the replay, and shows the time
@@ -398,7 +384,11 @@ def swap(setup, control):
             assert [n["text"] for n in ada.notices()][-1] == "Bob joined", ada.notices()
             back = now_ms()
 
-            said, swapped = chat_through([ada, bob], control, "swap", {})
+            chatter = Chatter([ada, bob])
+            for _ in range(4):
+                chatter.round()
+            swapped = chatter.through(control.ask_later("swap"), [ada, bob])
+            said = chatter.said
             shown = in_one_order([ada, bob], said)
             for m in shown:
                 assert m["who"] == m["text"].split()[0].capitalize(), m
