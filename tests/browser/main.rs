@@ -70,9 +70,10 @@ fn two_instances_on_redis_miss_nothing_across_a_restart() {
     browser.run("redis", &mut stack);
 }
 
-/// Signed-in users through HAProxy while blue is swapped for green: both are listed, their
-/// names are on their messages, every message reaches both windows once, nobody leaves, and
-/// the short-lived tokens are refreshed on the open connections.
+/// Signed-in users through HAProxy while blue is swapped for green: both are listed, a page
+/// closed is a leave after the linger, their names are on their messages, every message reaches
+/// both windows once, nobody leaves during the swap, the short-lived tokens are refreshed on the
+/// open connections, and a close with 4001 (token expired) brings a fresh token and a reconnect.
 #[test]
 fn a_swap_through_haproxy_keeps_presence_and_delivers_once() {
     let Some(browser) = Browser::prepare() else {

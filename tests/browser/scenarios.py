@@ -414,10 +414,26 @@ def swap(setup, control):
                 assert not [n for n in window.notices() if n["kind"] == "error"], window.notices()
             reconnects = {w.name: len([s for s in w.probe()["sockets"] if s["at"] > back]) for w in (ada, bob)}
             outage = {w.name: seen_disconnected(w, back) for w in (ada, bob)}
+            tokens_issued = dict(endpoint.issued)
             shots.append(ada.screenshot("desktop-signed-in"))
             no_problems(ada, bob)
+
+            # A token the server takes as all but expired: closed with 4001, Ada's page gets a
+            # fresh one and is back.
+            endpoint.stale_next.add("ada")
+            tokens = endpoint.issued["ada"]
+            ada.reload()
+            until("Ada's page to be closed with 4001 and back", lambda: any(
+                s["closed"] == 4001 for s in ada.probe()["sockets"]) and ada.state() == "connected",
+                seen=lambda: ada.probe()["sockets"])
+            time.sleep(2)
+            closes = [s["closed"] for s in ada.probe()["sockets"]]
+            assert closes == [4001, None] and ada.state() == "connected", closes
+            assert endpoint.issued["ada"] == tokens + 2, (tokens, endpoint.issued)
+            assert not [n for n in ada.notices() if n["kind"] in ("error", "leave", "join")], ada.notices()
+            no_problems(ada)
             return {"messages": len(shown), "swap": swapped, "attempts_during_swap": reconnects,
-                    "disconnected_during_swap_ms": outage, "tokens_issued": dict(endpoint.issued),
+                    "disconnected_during_swap_ms": outage, "tokens_issued": tokens_issued,
                     "screenshots": shots}
     finally:
         endpoint.close()
