@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::auth::{Authenticator, Mode};
+use crate::auth::Authenticator;
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::health::Health;
@@ -45,12 +45,7 @@ impl Shared {
             config.auth_secrets.clone(),
             config.auth_audience.clone(),
         );
-        let auth_mode = match config.auth {
-            Mode::Off => "off",
-            Mode::Optional => "optional",
-            Mode::Required => "required",
-        };
-        let page = Page::new(auth_mode, config.token_url.as_deref());
+        let page = Page::new(&config);
         Shared {
             config,
             health,

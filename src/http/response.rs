@@ -5,6 +5,9 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use sha2::{Digest, Sha256};
 
+use crate::auth::Mode;
+use crate::config::Config;
+
 /// The chat page, compiled in.
 pub static CHAT_PAGE: &str = include_str!("chat.html");
 
@@ -145,8 +148,18 @@ pub struct Page {
 const CONFIG_PLACEHOLDER: &str = r#"<meta name="roomcast-config" content="{}">"#;
 
 impl Page {
-    pub fn new(auth: &str, token_url: Option<&str>) -> Page {
-        let mut settings = format!("{{\"auth\":\"{auth}\"");
+    pub fn new(config: &Config) -> Page {
+        let auth = match config.auth {
+            Mode::Off => "off",
+            Mode::Optional => "optional",
+            Mode::Required => "required",
+        };
+        // The limits, so the page can hold back what the server would refuse.
+        let mut settings = format!(
+            "{{\"auth\":\"{auth}\",\"maxMessageBytes\":{},\"rate\":{},\"burst\":{}",
+            config.max_message_bytes, config.rate, config.burst
+        );
+        let token_url = config.token_url.as_deref();
         if let Some(url) = token_url {
             settings.push_str(",\"tokenUrl\":");
             crate::protocol::push_json_string(&mut settings, url);
@@ -295,7 +308,7 @@ mod tests {
         )));
         assert!(head_of(HEALTHZ).ends_with(b"\r\n\r\n"));
         assert!(content_length_matches(
-            &Page::new("off", None).response(false)
+            &Page::new(&Config::default()).response(false)
         ));
         assert!(content_length_matches(&json_response(
             413,
@@ -314,7 +327,11 @@ mod tests {
         );
         assert!(policy.contains("frame-ancestors 'none'"));
         assert!(!policy.contains("unsafe-inline"));
-        let page = Page::new("required", Some("https://app.example/auth/token?x=\"y\""));
+        let page = Page::new(&Config {
+            auth: Mode::Required,
+            token_url: Some("https://app.example/auth/token?x=\"y\"".into()),
+            ..Config::default()
+        });
         let head = String::from_utf8(page.response(true)).unwrap();
         assert!(head.contains("Content-Security-Policy: default-src 'none'"));
         assert!(
@@ -324,7 +341,7 @@ mod tests {
         let body = String::from_utf8(page.response(false)).unwrap();
         assert!(
             body.contains(
-                r#"content="{&quot;auth&quot;:&quot;required&quot;,&quot;tokenUrl&quot;:"#
+                r#"content="{&quot;auth&quot;:&quot;required&quot;,&quot;maxMessageBytes&quot;:65536,&quot;rate&quot;:5,&quot;burst&quot;:20,&quot;tokenUrl&quot;:"#
             )
         );
         assert!(!body.contains(CONFIG_PLACEHOLDER));

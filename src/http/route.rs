@@ -254,7 +254,7 @@ mod tests {
             addresses: &addresses,
             auth: &auth,
             broker: &broker,
-            page: &Page::new("off", None),
+            page: &Page::new(config),
             listener: Listener::Public,
         };
         answer(&head_for(request), &endpoints, "192.0.2.1".parse().unwrap())

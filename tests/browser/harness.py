@@ -173,6 +173,22 @@ class Window:
         self.base = base
         self.driver.get(f"{base}/chat/{room}/")
 
+    def believe_rate(self, rate, burst):
+        """From the next page load on, the page reads `rate` and `burst` in its settings, as
+        a page opened before the server's limits were lowered would have: it then sends
+        faster than the server allows."""
+        source = """
+            new MutationObserver((changes, observer) => {
+              const meta = document.querySelector('meta[name="roomcast-config"]');
+              if (!meta) return;
+              const settings = JSON.parse(meta.content);
+              settings.rate = %d; settings.burst = %d;
+              meta.content = JSON.stringify(settings);
+              observer.disconnect();
+            }).observe(document, {childList: true, subtree: true});
+        """ % (rate, burst)
+        self.driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": source})
+
     def reload(self):
         self.driver.refresh()
 

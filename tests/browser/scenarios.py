@@ -216,6 +216,7 @@ def notices(setup, control):
     with Windows(setup["screenshots"]) as windows:
         away = windows.open("away")
         here = windows.open("here", PHONE, mobile=True)
+        here.believe_rate(5, 20)
         for window in (away, here):
             window.open(base, "trains")
             window.wait_state("connected")
@@ -232,8 +233,8 @@ def notices(setup, control):
         until("here's outbox to empty", lambda: not here.pending(), seen=here.pending)
         assert here.texts()[-12:] == missed, here.texts()
         assert not [n for n in here.notices() if n["kind"] == "error"], here.notices()
-        # The server allows 4 at once and 4 a second, under what the page assumes: it refused
-        # some, and the page sent those again instead of dropping them.
+        # The server allows 4 at once and 4 a second, under what this page believes (5 and
+        # 20): it refused some, and the page sent those again instead of dropping them.
         refused = control.ask("metric", node="a", name="roomcast_rate_limited_total")["value"]
         assert refused > 0, "the rate limit was never reached: this checks nothing"
 
