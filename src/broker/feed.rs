@@ -187,12 +187,20 @@ fn take(state: &mut State) -> Option<Delivery> {
     Some(delivery)
 }
 
-impl Drop for Feed {
-    fn drop(&mut self) {
+impl Feed {
+    /// The session is closing: nothing more is queued to it (the room lets it go instead of
+    /// counting it as a slow reader), and what was queued is freed.
+    pub fn stop(&mut self) {
         let mut state = self.shared.lock();
         state.gone = true;
         state.queue = VecDeque::new();
         state.bytes = 0;
+    }
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

@@ -1,28 +1,28 @@
 //! A chat session: the replay, then the room's feed, the client's messages, the clock and
 //! shutdown, all in one `select!`, until one of them ends it.
 
+use std::time::Duration;
+
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::clock::{Due, PeerClock};
-use super::outbound::{CLOSE_WAIT, Socket, feed_frame, send_close, send_message, within};
+use super::outbound::{CLOSE_WAIT, Socket, feed_frame, send_message, within};
 use super::{Ending, ending_for};
+use crate::auth::jwt::LEEWAY_SECS;
+use crate::auth::{Identity, Mode, Refusal, now_secs};
 use crate::broker::{Delivery, Membership, Page, PageFuture, Replay, Unavailable};
 use crate::config::LogLevel;
 use crate::limits::RateState;
 use crate::log;
-use std::time::Duration;
-
-use tokio::time::Instant;
-
-use crate::auth::jwt::LEEWAY_SECS;
-use crate::auth::{Identity, Mode, Refusal, now_secs};
 use crate::protocol::{self, CLOSE_SLOW_READER, ChatParts, Inbound, ResetReason};
 use crate::shared::Shared;
 use crate::shutdown::Shutdown;
+
+mod closing;
 
 /// Frames written per flush, so one busy room cannot starve the rest of the loop.
 const MAX_BATCH: usize = 64;
@@ -422,64 +422,6 @@ impl<'a> ChatSession<'a> {
                 ping.await.err().map(|_| Ending::Gone)
             }
         }
-    }
-
-    async fn close(mut self, ending: Ending) {
-        let limit = self.clock.timeout();
-        match ending {
-            Ending::Gone => {}
-            Ending::Silent => {
-                let _ = send_close(&mut self.socket, limit, None).await;
-            }
-            Ending::Shutdown => {
-                // Deliver what was published before the close, then keep taking the peer's
-                // in-flight messages until it answers the close.
-                while let Some(delivery) = self.membership.feed.try_recv() {
-                    if self.deliver(delivery).await.is_some() {
-                        return;
-                    }
-                }
-                self.close_and_wait(CloseCode::Restart, "server restart")
-                    .await;
-            }
-            Ending::Close(code, reason) => self.close_and_wait(code, reason).await,
-        }
-    }
-
-    /// Sends our close and waits for the peer's. On a restart, chat messages the peer sent
-    /// before it saw our close are still published, so a deploy loses none of them.
-    async fn close_and_wait(&mut self, code: CloseCode, reason: &'static str) {
-        let publish_in_flight = code == CloseCode::Restart;
-        let frame = CloseFrame {
-            code,
-            reason: reason.into(),
-        };
-        let limit = self.clock.timeout();
-        if send_close(&mut self.socket, limit, Some(frame))
-            .await
-            .is_err()
-        {
-            return;
-        }
-        let _ = tokio::time::timeout(limit.min(CLOSE_WAIT), async {
-            while let Some(Ok(message)) = self.socket.next().await {
-                if let Message::Text(text) = message
-                    && publish_in_flight
-                    && let Ok(Inbound::Chat(chat)) =
-                        protocol::parse_inbound(text.as_str(), self.extended)
-                    && self
-                        .identity
-                        .as_ref()
-                        .is_none_or(|identity| identity.publish.allows(&self.room))
-                {
-                    self.shared.metrics.message_received();
-                    let user = self.identity.as_ref().map(|identity| &*identity.user_json);
-                    let chat = ChatParts::new(&chat, user, protocol::now_ms());
-                    let _ = self.membership.publish(chat).await;
-                }
-            }
-        })
-        .await;
     }
 
     /// After the peer's close: let tungstenite send the reply and end the stream.
