@@ -101,8 +101,12 @@ async fn run(server: &Server, python: &std::path::Path, broker: &str) {
     )
     .await;
     let window = CpuWindow::start(&[whose[0], whose[1], Whose::Pid(flooder.pid())]);
+    let published_before = metrics::read(addr, "roomcast_messages_in_total").await;
     let flood = round_trips(&mut flood_set, 'b').await;
+    let published = metrics::read(addr, "roomcast_messages_in_total").await - published_before;
     let flood_cpu = window.finish();
+    // What got past the publish rate meanwhile, less the round trips' own messages.
+    let flooder_rate = (published - ROUND_TRIPS as u64) as f64 / flood_cpu.secs;
     let refused_meanwhile = metrics::read(addr, "roomcast_rate_limited_total").await - flooding;
     flooder.signal("TERM");
     flooder.wait_exit(WAIT);
@@ -123,7 +127,8 @@ async fn run(server: &Server, python: &std::path::Path, broker: &str) {
     eprintln!(
         "fairness, {broker} broker: quiet-room round trip over {ROUND_TRIPS}: idle p50 {} / \
          p99 {} / max {} µs; under flood p50 {} / p99 {} / max {} µs (bound {bound} µs); \
-         members closed: {}; rate-limit refusals while measuring: {refused_meanwhile}; \
+         members closed: {}; the flooder published {flooder_rate:.0}/s and was refused \
+         {refused_meanwhile} times while measuring; \
          slow-reader drops (the flooder's lingering sessions): {slow_reader_drops}; \
          CPU % of a core (server, test, flooder; machine of 200): idle {:.0}, {:.0}; {:.0} / \
          flood {:.0}, {:.0}, {:.0}; {:.0}; flooder: {counts}",
