@@ -4,10 +4,14 @@
 //! pipelines requests and never reads is cut off.
 
 mod api;
-mod client;
-mod head;
+// Public, unlisted, for the property tests and fuzz targets of the parsers.
+#[doc(hidden)]
+pub mod client;
+#[doc(hidden)]
+pub mod head;
 mod response;
-mod route;
+#[doc(hidden)]
+pub mod route;
 mod upgrade;
 
 use std::net::IpAddr;
