@@ -247,7 +247,14 @@ async fn handle(
     // HTTP phase's state, and vice versa: the task stays small at thousands of connections.
     let upgrade = Box::pin(http::serve(&mut stream, &endpoints, &mut shutdown, client)).await;
     if let Some(upgrade) = upgrade {
-        Box::pin(session::run(stream, upgrade, &shared, shutdown)).await;
+        Box::pin(session::run(
+            stream,
+            upgrade,
+            &shared,
+            shutdown,
+            counted.as_ref(),
+        ))
+        .await;
     }
     drop(counted);
 }

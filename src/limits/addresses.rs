@@ -36,6 +36,17 @@ impl AddressKey {
 struct Entry {
     connections: usize,
     upgrades: RateState,
+    /// Where the address's closed connections left off under the publish rate.
+    publishes: Option<RateState>,
+}
+
+impl Entry {
+    /// Nothing to remember: no connection, and every rate back to a full burst.
+    fn is_idle(&self, now: Instant) -> bool {
+        self.connections == 0
+            && self.upgrades.is_rested(now)
+            && self.publishes.is_none_or(|state| state.is_rested(now))
+    }
 }
 
 pub struct AddressTable {
@@ -86,6 +97,7 @@ impl AddressTable {
         let entry = entries.entry(key).or_insert(Entry {
             connections: 0,
             upgrades,
+            publishes: None,
         });
         if entry.connections >= self.max_connections {
             return Err(TooMany {
@@ -121,9 +133,7 @@ impl AddressTable {
             return true;
         }
         let now = Instant::now();
-        entries.retain(|_, entry| {
-            entry.connections > 0 || !self.upgrades.is_rested(&entry.upgrades, now)
-        });
+        entries.retain(|_, entry| !entry.is_idle(now));
         entries.len() < self.max_entries
     }
 
@@ -131,7 +141,7 @@ impl AddressTable {
         let mut entries = self.lock();
         if let Some(entry) = entries.get_mut(&key) {
             entry.connections = entry.connections.saturating_sub(1);
-            if entry.connections == 0 && self.upgrades.is_rested(&entry.upgrades, Instant::now()) {
+            if entry.is_idle(Instant::now()) {
                 entries.remove(&key);
             }
         }
@@ -143,6 +153,32 @@ impl AddressTable {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+impl AddressGuard {
+    /// Where a new connection from this address starts under the publish `limit`: where its
+    /// closed connections left off, so reconnecting does not buy a fresh burst.
+    pub fn publish_start(&self, limit: &RateLimit) -> RateState {
+        let fresh = limit.start();
+        let Some(key) = self.key else {
+            return fresh;
+        };
+        let entries = self.table.lock();
+        match entries.get(&key).and_then(|entry| entry.publishes) {
+            Some(left) => fresh.latest(left),
+            None => fresh,
+        }
+    }
+
+    /// A connection ends at `state` under the publish rate; the address's next starts there.
+    pub fn publish_end(&self, state: RateState) {
+        let Some(key) = self.key else {
+            return;
+        };
+        if let Some(entry) = self.table.lock().get_mut(&key) {
+            entry.publishes = Some(entry.publishes.map_or(state, |left| left.latest(state)));
+        }
     }
 }
 
@@ -180,6 +216,29 @@ mod tests {
         let _one = table.admit("2001:db8::1".parse().unwrap()).unwrap();
         assert!(table.admit("2001:db8::ffff:2".parse().unwrap()).is_err());
         assert!(table.admit("2001:db8:0:1::1".parse().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn a_reconnect_starts_where_the_last_connection_left_off_under_the_publish_rate() {
+        let table = table(10, 100);
+        let publishes = RateLimit::new(1, 3);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let first = table.admit(a).unwrap();
+        let mut state = first.publish_start(&publishes);
+        for _ in 0..3 {
+            assert!(publishes.check(&mut state).is_ok());
+        }
+        first.publish_end(state);
+        drop(first);
+        let again = table.admit(a).unwrap();
+        let mut state = again.publish_start(&publishes);
+        assert!(publishes.check(&mut state).is_err(), "the burst was spent");
+        let elsewhere = table.admit("192.0.2.2".parse().unwrap()).unwrap();
+        let mut fresh = elsewhere.publish_start(&publishes);
+        assert!(
+            publishes.check(&mut fresh).is_ok(),
+            "another address has its own"
+        );
     }
 
     #[test]

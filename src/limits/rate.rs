@@ -21,6 +21,20 @@ pub struct RateState {
     tat: Instant,
 }
 
+impl RateState {
+    /// The further behind of two places: the one that allows less.
+    pub fn latest(self, other: RateState) -> RateState {
+        RateState {
+            tat: self.tat.max(other.tat),
+        }
+    }
+
+    /// True once it has drained back to a full burst: it can be forgotten.
+    pub fn is_rested(&self, now: Instant) -> bool {
+        self.tat <= now
+    }
+}
+
 impl RateLimit {
     /// `rate` events a second, `burst` at once (both at least 1).
     pub fn new(rate: u32, burst: u32) -> RateLimit {
@@ -51,11 +65,6 @@ impl RateLimit {
         state.tat = tat + self.interval;
         Ok(())
     }
-
-    /// True once the state has drained back to a full burst: it can be forgotten.
-    pub fn is_rested(&self, state: &RateState, now: Instant) -> bool {
-        state.tat <= now
-    }
 }
 
 #[cfg(test)]
@@ -75,7 +84,7 @@ mod tests {
         assert!(limit.check_at(&mut state, start + wait).is_ok());
         assert!(limit.check_at(&mut state, start + wait).is_err());
         let later = start + Duration::from_secs(1);
-        assert!(limit.is_rested(&state, later));
+        assert!(state.is_rested(later));
         for _ in 0..3 {
             assert!(limit.check_at(&mut state, later).is_ok());
         }

@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use crate::broker::{Resume, Visitor};
 use crate::http::{Status, Target, Upgrade};
+use crate::limits::AddressGuard;
 use crate::metrics::Metrics;
 use crate::shared::Shared;
 use crate::shutdown::Shutdown;
@@ -27,10 +28,16 @@ use gate::{Gated, Refused};
 use outbound::Socket;
 
 /// Runs an upgraded connection to its end.
-pub async fn run(stream: TcpStream, upgrade: Upgrade, shared: &Shared, shutdown: Shutdown) {
+pub async fn run(
+    stream: TcpStream,
+    upgrade: Upgrade,
+    shared: &Shared,
+    shutdown: Shutdown,
+    address: Option<&AddressGuard>,
+) {
     // The handshake's state is freed before the long-lived part starts: at thousands of idle
     // connections, what a session keeps allocated is what the server costs.
-    let opened = Box::pin(handshake(stream, upgrade, shared)).await;
+    let opened = Box::pin(handshake(stream, upgrade, shared, address)).await;
     shared.metrics.websocket_opened();
     match opened {
         Some(Opened::Chat(session)) => Box::pin(session.run(shutdown)).await,
@@ -46,11 +53,12 @@ enum Opened<'a> {
 }
 
 /// Joins the room (answering 503 if the broker is away), then completes the upgrade.
-async fn handshake(
+async fn handshake<'a>(
     mut stream: TcpStream,
     mut upgrade: Upgrade,
-    shared: &Shared,
-) -> Option<Opened<'_>> {
+    shared: &'a Shared,
+    address: Option<&'a AddressGuard>,
+) -> Option<Opened<'a>> {
     let limit = shared.config.peer_timeout;
     let identity = upgrade.identity.take();
     let Target::Chat { room, resume } = &upgrade.target else {
@@ -79,6 +87,7 @@ async fn handshake(
     let clock = PeerClock::new(shared.config.heartbeat, shared.config.peer_timeout);
     let mut session = ChatSession::new(socket, membership, room, extended, shared, clock);
     session.identify(identity);
+    session.publish_from(address);
     Some(Opened::Chat(Box::new(session)))
 }
 

@@ -18,6 +18,9 @@ impl ChatSession<'_> {
         if !matches!(ending, Ending::Shutdown) {
             self.membership.feed.stop();
         }
+        if let Some(address) = self.address {
+            address.publish_end(self.rate);
+        }
         match ending {
             Ending::Gone => {}
             Ending::Silent => {

@@ -16,7 +16,7 @@ use crate::auth::jwt::LEEWAY_SECS;
 use crate::auth::{Identity, Mode, Refusal, now_secs};
 use crate::broker::{Delivery, Membership, Page, PageFuture, Replay, Unavailable};
 use crate::config::LogLevel;
-use crate::limits::RateState;
+use crate::limits::{AddressGuard, RateState};
 use crate::log;
 use crate::protocol::{self, CLOSE_SLOW_READER, ChatParts, Inbound, ResetReason};
 use crate::shared::Shared;
@@ -44,6 +44,8 @@ pub(super) struct ChatSession<'a> {
     refused_in_a_row: u32,
     /// The user, when a token named one.
     identity: Option<Identity>,
+    /// The client's address, as counted; it carries the publish rate across reconnects.
+    address: Option<&'a AddressGuard>,
 }
 
 struct Cursor {
@@ -98,7 +100,17 @@ impl<'a> ChatSession<'a> {
             rate: shared.publish_rate.start(),
             refused_in_a_row: 0,
             identity: None,
+            address: None,
         }
+    }
+
+    /// Counts this connection's publishes from where its address's closed connections left
+    /// off: a client that reconnects does not get a fresh burst.
+    pub(super) fn publish_from(&mut self, address: Option<&'a AddressGuard>) {
+        if let Some(guard) = address {
+            self.rate = guard.publish_start(&self.shared.publish_rate);
+        }
+        self.address = address;
     }
 
     /// Names the user; the session ends with 4001 when the token expires unless a fresh one
