@@ -15,7 +15,7 @@ use roomcast::config::Config;
 use roomcast::health::Health;
 use roomcast::http::head::parse_head;
 use roomcast::http::route::{Answer, answer};
-use roomcast::http::{Endpoints, Listener, Status};
+use roomcast::http::{Endpoints, Listener, Page, Status};
 use roomcast::limits::{AddressTable, RateLimit};
 use roomcast::metrics::Metrics;
 
@@ -27,6 +27,7 @@ struct World {
     addresses: Arc<AddressTable>,
     auth: Authenticator,
     broker: Broker,
+    page: Page,
 }
 
 impl World {
@@ -41,6 +42,7 @@ impl World {
         World {
             addresses: Arc::new(AddressTable::new(1_000_000, unlimited, 1_000_000)),
             auth: Authenticator::new(config.auth, Vec::new(), "roomcast".into()),
+            page: Page::new(&config),
             config,
             health,
             metrics,
@@ -57,6 +59,7 @@ impl World {
             addresses: &self.addresses,
             auth: &self.auth,
             broker: &self.broker,
+            page: &self.page,
             listener,
         };
         let client: IpAddr = [192, 0, 2, 1].into();
