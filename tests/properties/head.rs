@@ -28,6 +28,7 @@ struct World {
     auth: Authenticator,
     broker: Broker,
     page: Page,
+    _runtime: tokio::runtime::Runtime,
 }
 
 impl World {
@@ -37,7 +38,14 @@ impl World {
         health.set_listening();
         health.set_broker_up(true);
         let metrics = Arc::new(Metrics::default());
-        let broker = Broker::start(&config, Arc::new(Health::default()), Arc::clone(&metrics));
+        // The embedded broker starts its clock on a runtime; routing never needs it to run.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+        let broker = {
+            let _inside = runtime.enter();
+            Broker::start(&config, Arc::new(Health::default()), Arc::clone(&metrics))
+        };
         let unlimited = RateLimit::new(1_000_000, 1_000_000);
         World {
             addresses: Arc::new(AddressTable::new(1_000_000, unlimited, 1_000_000)),
@@ -47,6 +55,7 @@ impl World {
             health,
             metrics,
             broker,
+            _runtime: runtime,
         }
     }
 
