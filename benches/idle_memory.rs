@@ -185,7 +185,7 @@ async fn open_all(addr: SocketAddr, conns: usize, rooms: usize) -> Result<Vec<Tu
         .write_buffer_size(0);
     let results = stream::iter((0..conns).map(|i| async move {
         let path = format!("/ws/chat/idle-{}/", i % rooms);
-        connect_tuned(addr, &path, config)
+        connect_tuned(addr, &path, config, &[])
             .await
             .map_err(|error| format!("connection {i}: {error}"))
     }))

@@ -29,6 +29,8 @@ usage: cargo bench --bench fanout -- [options]
   --send-queue N      ROOMCAST_SEND_QUEUE (default: the server's, 256)
   --drain-ms N        after publishing, wait at most this long for deliveries (default 3000)
   --no-pin            do not pin server and generator to separate CPUs
+  --auth              ROOMCAST_AUTH=required: every member connects with its own token, and
+                      every frame carries its sender
 
 env: ROOMCAST_BIN  the roomcast binary (default target/x86_64-unknown-linux-musl/release/roomcast)";
 
@@ -53,7 +55,7 @@ pub fn parse() -> Args {
             "send-queue",
             "drain-ms",
         ],
-        &["search", "no-pin"],
+        &["search", "no-pin", "auth"],
         USAGE,
     )
 }
@@ -92,6 +94,8 @@ pub struct Plan {
     pub pin: Option<(usize, usize)>,
     pub send_queue: Option<usize>,
     pub drain: Duration,
+    /// Tokens required; members send theirs.
+    pub auth: bool,
 }
 
 impl Plan {
@@ -130,6 +134,7 @@ impl Plan {
             pin,
             send_queue: args.get("send-queue"),
             drain: Duration::from_millis(args.or("drain-ms", 3000)),
+            auth: args.flag("auth"),
         };
         if let Some(url) = &plan.redis
             && !(url.starts_with("redis://127.0.0.1") || url.starts_with("redis://localhost"))

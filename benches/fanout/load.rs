@@ -18,6 +18,20 @@ use testkit::metrics;
 use testkit::ws::{TunedWs as Ws, connect_tuned};
 
 use crate::args::Plan;
+
+/// The signing secret of `--auth` runs.
+pub const SECRET: &str = "a-benchmark-secret-of-at-least-32-bytes";
+
+/// Member `m`'s token: a user id and a name, as a backend would issue, valid for an hour.
+fn token(m: usize) -> String {
+    let claims = serde_json::json!({
+        "sub": format!("user-{m}"),
+        "name": format!("Member {m}"),
+        "aud": "roomcast",
+        "exp": roomcast::auth::now_secs() + 3600,
+    });
+    roomcast::auth::jwt::sign(&claims, SECRET.as_bytes())
+}
 use crate::receive::read;
 use crate::run::Outcome;
 
@@ -53,7 +67,18 @@ pub async fn drive(
     let attempts = stream::iter(members.iter().enumerate().map(|(m, member)| {
         let addr = addrs[member.instance];
         let path = format!("/ws/chat/{tag}-{}/", member.room);
-        async move { (m, connect_tuned(addr, &path, client_config()).await) }
+        let bearer = plan.auth.then(|| format!("Bearer {}", token(m)));
+        async move {
+            let headers: Vec<(&str, &str)> = bearer
+                .as_deref()
+                .map(|bearer| ("Authorization", bearer))
+                .into_iter()
+                .collect();
+            (
+                m,
+                connect_tuned(addr, &path, client_config(), &headers).await,
+            )
+        }
     }))
     .buffer_unordered(64)
     .collect::<Vec<_>>()

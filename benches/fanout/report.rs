@@ -38,9 +38,14 @@ pub fn print_plan(plan: &Plan) {
         Some(url) => format!("Redis at {url}, 2 instances, members alternate between them"),
         None => "embedded, 1 instance".into(),
     };
+    let auth = if plan.auth {
+        "; tokens required, every frame names its sender"
+    } else {
+        ""
+    };
     println!(
         "-- shape {}: {} room(s) x {} members = {} connections; {} of each room's members publish \
-         ({} publishers; they receive their own messages and count like any member); broker {broker}",
+         ({} publishers; they receive their own messages and count like any member); broker {broker}{auth}",
         plan.shape(),
         plan.rooms,
         plan.subs,

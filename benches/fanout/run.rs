@@ -122,6 +122,10 @@ pub fn run(
     if let Some(url) = &plan.redis {
         env.push(("ROOMCAST_REDIS_URL".into(), url.clone()));
     }
+    if plan.auth {
+        env.push(("ROOMCAST_AUTH".into(), "required".into()));
+        env.push(("ROOMCAST_AUTH_SECRET".into(), crate::load::SECRET.into()));
+    }
     let mut servers = Vec::new();
     for _ in 0..plan.instances() {
         let mut roomcast = Roomcast::binary(bin)

@@ -113,6 +113,9 @@ impl fmt::Display for Unavailable {
     }
 }
 
+/// A publish waiting for room in the broker's queue.
+pub type PublishFuture = Pin<Box<dyn Future<Output = Result<(), Unavailable>> + Send>>;
+
 /// A replay page on its way.
 pub type PageFuture = Pin<Box<dyn Future<Output = Result<Page, Unavailable>> + Send>>;
 
@@ -143,14 +146,16 @@ impl Membership {
         Membership { members, ..self }
     }
 
-    /// Publishes a chat message to every member of the room, this one included.
-    pub async fn publish(&self, chat: ChatParts) -> Result<(), Unavailable> {
+    /// Publishes a chat message to every member of the room, this one included. The
+    /// embedded broker is done at once; Redis's queue may hold the sender back a moment. The
+    /// future owns what it needs, so the session keeps delivering to its client meanwhile.
+    pub fn publish(&self, chat: ChatParts) -> PublishFuture {
         match &self.handle {
             MemberHandle::Local(member) => {
                 member.publish(&chat);
-                Ok(())
+                Box::pin(std::future::ready(Ok(())))
             }
-            MemberHandle::Redis(member) => member.publish(chat).await,
+            MemberHandle::Redis(member) => member.publish(chat),
         }
     }
 

@@ -54,22 +54,32 @@ pub async fn connect(url: &str, extended: bool) -> Ws {
     connect_with_headers(url, headers).await
 }
 
-/// A client with its own buffer sizes and Nagle off, within 10 s; for benchmarks.
+/// A client with its own buffer sizes and Nagle off, sending `headers`, within 10 s; for
+/// benchmarks.
 pub async fn connect_tuned(
     addr: SocketAddr,
     path: &str,
     config: WebSocketConfig,
+    headers: &[(&str, &str)],
 ) -> Result<TunedWs, String> {
     let url = format!("ws://{addr}{path}");
+    let mut request = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| e.to_string())?;
+    for (name, value) in headers {
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?;
+        let value = HeaderValue::from_str(value).map_err(|e| e.to_string())?;
+        request.headers_mut().insert(name, value);
+    }
     let attempt = async {
         let stream = TcpStream::connect(addr)
             .await
             .map_err(|e| format!("connect {addr}: {e}"))?;
         let _ = stream.set_nodelay(true);
-        let (ws, _) =
-            tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(config))
-                .await
-                .map_err(|e| format!("handshake {url}: {e}"))?;
+        let (ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config))
+            .await
+            .map_err(|e| format!("handshake {url}: {e}"))?;
         Ok(ws)
     };
     tokio::time::timeout(Duration::from_secs(10), attempt)

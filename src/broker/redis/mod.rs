@@ -28,8 +28,8 @@ use tokio::time::{Instant, timeout, timeout_at};
 use super::feed::WeakFeed;
 use super::ledger::FrameLedger;
 use super::{
-    Accepted, Members, Membership, PAGE_BYTES, PAGE_FRAMES, Page, PageFuture, Resume, Unavailable,
-    Visitor,
+    Accepted, Members, Membership, PAGE_BYTES, PAGE_FRAMES, Page, PageFuture, PublishFuture,
+    Resume, Unavailable, Visitor,
 };
 use crate::config::Config;
 use crate::health::Health;
@@ -263,8 +263,8 @@ impl Inner {
 impl Member {
     /// Queues the publish. While Redis is up a full queue holds the sender back for a
     /// moment; while it is away the publish is refused at once.
-    pub async fn publish(&self, chat: ChatParts) -> Result<(), Unavailable> {
-        let queue = &self.inner.queue;
+    pub fn publish(&self, chat: ChatParts) -> PublishFuture {
+        let inner = Arc::clone(&self.inner);
         let mut held = Held {
             room: Arc::clone(&self.room),
             chat,
@@ -273,22 +273,25 @@ impl Member {
             previous: 0,
             failing_since: None,
         };
-        let deadline = Instant::now() + REDIS_TIMEOUT;
-        let queued = loop {
-            let space = queue.space.notified();
-            match queue.push(held) {
-                Ok(()) => break true,
-                Err(Full(back)) if self.inner.health.is_broker_up() => {
-                    held = *back;
-                    if timeout_at(deadline, space).await.is_err() {
-                        break false;
+        Box::pin(async move {
+            let queue = &inner.queue;
+            let deadline = Instant::now() + REDIS_TIMEOUT;
+            let queued = loop {
+                let space = queue.space.notified();
+                match queue.push(held) {
+                    Ok(()) => break true,
+                    Err(Full(back)) if inner.health.is_broker_up() => {
+                        held = *back;
+                        if timeout_at(deadline, space).await.is_err() {
+                            break false;
+                        }
                     }
+                    Err(_) => break false,
                 }
-                Err(_) => break false,
-            }
-        };
-        self.inner.metrics.publishes_held_now(queue.held());
-        if queued { Ok(()) } else { Err(Unavailable) }
+            };
+            inner.metrics.publishes_held_now(queue.held());
+            if queued { Ok(()) } else { Err(Unavailable) }
+        })
     }
 
     /// The next frames of a replay, read from the room's stream.

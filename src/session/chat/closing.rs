@@ -15,6 +15,10 @@ use crate::session::outbound::{CLOSE_WAIT, send_close};
 impl ChatSession<'_> {
     pub(super) async fn close(mut self, ending: Ending) {
         let limit = self.clock.timeout();
+        // A message the client sent is not dropped because its session ends.
+        if let Some(publish) = self.publishing.take() {
+            let _ = publish.await;
+        }
         if !matches!(ending, Ending::Shutdown) {
             self.membership.feed.stop();
         }

@@ -14,7 +14,7 @@ use super::outbound::{CLOSE_WAIT, Socket, feed_frame, send_message, within};
 use super::{Ending, ending_for};
 use crate::auth::jwt::LEEWAY_SECS;
 use crate::auth::{Identity, Mode, Refusal, now_secs};
-use crate::broker::{Delivery, Membership, Page, PageFuture, Replay, Unavailable};
+use crate::broker::{Delivery, Membership, Page, PageFuture, PublishFuture, Replay, Unavailable};
 use crate::config::LogLevel;
 use crate::limits::{AddressGuard, RateState};
 use crate::log;
@@ -38,6 +38,8 @@ pub(super) struct ChatSession<'a> {
     replay: Option<Cursor>,
     /// The replay page being read.
     page_in_flight: Option<PageFuture>,
+    /// A message waiting for room in the broker's queue; the client is not read meanwhile.
+    publishing: Option<PublishFuture>,
     /// This connection under the publish rate.
     rate: RateState,
     /// Messages refused over the rate since the last one accepted.
@@ -59,6 +61,16 @@ struct Cursor {
 enum Outbound {
     Page(Result<Page, Unavailable>),
     Live(Option<Delivery>),
+}
+
+/// The end of the publish in flight; never, when there is none.
+async fn published(publishing: &mut Option<PublishFuture>) -> Result<(), Unavailable> {
+    let Some(publish) = publishing else {
+        return std::future::pending().await;
+    };
+    let outcome = publish.await;
+    *publishing = None;
+    outcome
 }
 
 /// The replay's next page (started now, or still on its way from an earlier turn of the
@@ -97,6 +109,7 @@ impl<'a> ChatSession<'a> {
             clock,
             replay: None,
             page_in_flight: None,
+            publishing: None,
             rate: shared.publish_rate.start(),
             refused_in_a_row: 0,
             identity: None,
@@ -137,7 +150,10 @@ impl<'a> ChatSession<'a> {
                 _ = shutdown.signalled() => Some(Ending::Shutdown),
                 // Boxed, like the closing paths below: rare or short-lived, they would
                 // otherwise make every idle session as large as the largest of them.
-                inbound = self.socket.next() => Box::pin(self.on_inbound(inbound)).await,
+                inbound = self.socket.next(), if self.publishing.is_none() => {
+                    Box::pin(self.on_inbound(inbound)).await
+                }
+                outcome = published(&mut self.publishing) => self.on_published(outcome).await,
                 outbound = next_outbound(&mut self.membership, &mut self.page_in_flight, after) => match outbound {
                     Outbound::Page(page) => Box::pin(self.on_page(page)).await,
                     Outbound::Live(Some(delivery)) => self.deliver(delivery).await,
@@ -289,13 +305,8 @@ impl<'a> ChatSession<'a> {
                 }
                 let user = self.identity.as_ref().map(|identity| &*identity.user_json);
                 let chat = ChatParts::new(&message, user, protocol::now_ms());
-                match self.membership.publish(chat).await {
-                    Ok(()) => return None,
-                    Err(Unavailable) => {
-                        metrics.publish_refused();
-                        return self.refused().await;
-                    }
-                }
+                self.publishing = Some(self.membership.publish(chat));
+                return None;
             }
             Ok(Inbound::Refresh(token)) => return self.refresh(&token).await,
             Err(invalid) => {
@@ -307,6 +318,14 @@ impl<'a> ChatSession<'a> {
             }
         };
         self.send_now(error).await
+    }
+
+    async fn on_published(&mut self, outcome: Result<(), Unavailable>) -> Option<Ending> {
+        if outcome.is_ok() {
+            return None;
+        }
+        self.shared.metrics.publish_refused();
+        self.refused().await
     }
 
     /// Over the publish rate: the message is dropped. A plain client is closed (1008); an
