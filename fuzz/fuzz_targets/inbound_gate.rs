@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use libfuzzer_sys::fuzz_target;
-use roomcast::session::gate::{Gated, InboundBudget, PIECE, Refused, refusal};
+use roomcast::limits::InboundBudget;
+use roomcast::session::gate::{Gated, PIECE, Refused, refusal};
 use tokio::io::{AsyncRead, ReadBuf};
 
 /// A socket that hands out `chunk` bytes per read.

@@ -14,7 +14,7 @@ use roomcast::health::Health;
 use roomcast::http::client::{Proxied, proxy_header};
 use roomcast::http::head::{Head, parse_head};
 use roomcast::http::route::{Answer, answer};
-use roomcast::http::{Endpoints, Listener};
+use roomcast::http::{Endpoints, Listener, Page};
 use roomcast::limits::{AddressTable, RateLimit};
 use roomcast::metrics::Metrics;
 
@@ -26,6 +26,8 @@ struct World {
     addresses: Arc<AddressTable>,
     auth: Authenticator,
     broker: Broker,
+    page: Page,
+    _runtime: tokio::runtime::Runtime,
 }
 
 fn world() -> &'static World {
@@ -38,7 +40,14 @@ fn world() -> &'static World {
         let health = Health::default();
         health.set_listening();
         let metrics = Arc::new(Metrics::default());
-        let broker = Broker::start(&config, Arc::new(Health::default()), Arc::clone(&metrics));
+        // The embedded broker starts its clock on a runtime; routing never needs it to run.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+        let broker = {
+            let _inside = runtime.enter();
+            Broker::start(&config, Arc::new(Health::default()), Arc::clone(&metrics))
+        };
         health.set_broker_up(true);
         World {
             addresses: Arc::new(AddressTable::new(
@@ -47,10 +56,12 @@ fn world() -> &'static World {
                 1_000_000,
             )),
             auth: Authenticator::new(config.auth, Vec::new(), "roomcast".into()),
+            page: Page::new(&config),
             config,
             health,
             metrics,
             broker,
+            _runtime: runtime,
         }
     })
 }
@@ -63,6 +74,7 @@ fn endpoints(world: &World, listener: Listener) -> Endpoints<'_> {
         addresses: &world.addresses,
         auth: &world.auth,
         broker: &world.broker,
+        page: &world.page,
         listener,
     }
 }

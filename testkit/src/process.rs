@@ -59,6 +59,25 @@ impl Roomcast {
             .env("ROOMCAST_WORKERS", "2")
     }
 
+    /// The static release binary with the same test defaults, for figures that must be the
+    /// shipped build's; `None` (skipped, or failed in CI) when it has not been built.
+    pub fn release() -> Option<Roomcast> {
+        let binary = match paths::static_binary() {
+            Ok(binary) => binary,
+            Err(why) => {
+                crate::tools::skip_or_fail(&why);
+                return None;
+            }
+        };
+        paths::warn_if_stale(&binary);
+        Some(
+            Roomcast::binary(binary)
+                .env("ROOMCAST_ADDR", "127.0.0.1:0")
+                .env("ROOMCAST_SHUTDOWN_DELAY_MS", "0")
+                .env("ROOMCAST_WORKERS", "2"),
+        )
+    }
+
     /// `program` in a cleared environment, nothing set.
     pub fn binary(program: impl Into<PathBuf>) -> Roomcast {
         Roomcast {
