@@ -1,6 +1,8 @@
 //! Responses: the fixed health answers as byte literals, error answers with a one-line
 //! reason, and 200s with a body.
 
+use std::sync::OnceLock;
+
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use sha2::{Digest, Sha256};
@@ -138,10 +140,15 @@ pub fn json_response(status: u16, body: &str, headers: &str) -> Vec<u8> {
 /// tag (`{"auth": "off"|"optional"|"required", "tokenUrl": "…"}`), and the headers that keep
 /// it to itself: a Content-Security-Policy that allows only its own inline script and style
 /// (by hash) and connections to its own origin (and the token URL's), no framing, no MIME
-/// sniffing, no referrer. Built once at start.
+/// sniffing, no referrer. Built on the first request for it, not at start: hashing the page
+/// would add a fifth to the time until the server is ready.
 pub struct Page {
-    response: Vec<u8>,
-    head_length: usize,
+    /// The settings tag, ready to go in.
+    tag: String,
+    /// Where the page may connect: its own origin, and the token URL's.
+    connect: String,
+    /// The whole response, and where its head ends.
+    built: OnceLock<(Vec<u8>, usize)>,
 }
 
 /// Where the page's settings go.
@@ -169,13 +176,21 @@ impl Page {
             r#"<meta name="roomcast-config" content="{}">"#,
             html_attribute(&settings)
         );
-        let body = CHAT_PAGE.replacen(CONFIG_PLACEHOLDER, &tag, 1);
         let mut connect = String::from("'self'");
         if let Some(origin) = token_url.and_then(origin_of) {
             connect.push(' ');
             connect.push_str(origin);
         }
-        let policy = content_security_policy(&body, &connect);
+        Page {
+            tag,
+            connect,
+            built: OnceLock::new(),
+        }
+    }
+
+    fn build(&self) -> (Vec<u8>, usize) {
+        let body = CHAT_PAGE.replacen(CONFIG_PLACEHOLDER, &self.tag, 1);
+        let policy = content_security_policy(&body, &self.connect);
         let head = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nCache-Control: no-store\r\n\
              Content-Security-Policy: {policy}\r\nX-Content-Type-Options: nosniff\r\n\
@@ -185,19 +200,17 @@ impl Page {
         let mut response = head.into_bytes();
         let head_length = response.len();
         response.extend_from_slice(body.as_bytes());
-        Page {
-            response,
-            head_length,
-        }
+        (response, head_length)
     }
 
     pub fn response(&self, head_only: bool) -> Vec<u8> {
+        let (response, head_length) = self.built.get_or_init(|| self.build());
         let end = if head_only {
-            self.head_length
+            *head_length
         } else {
-            self.response.len()
+            response.len()
         };
-        self.response[..end].to_vec()
+        response[..end].to_vec()
     }
 }
 
