@@ -233,7 +233,13 @@ async fn handle(
             Ok(guard) => counted = Some(guard),
             Err(too_many) => {
                 shared.metrics.address_refused();
-                http::refuse_too_many(&mut stream, too_many, shared.config.peer_timeout).await;
+                // Boxed: a rare path, which would otherwise size every connection's task.
+                Box::pin(http::refuse_too_many(
+                    &mut stream,
+                    too_many,
+                    shared.config.peer_timeout,
+                ))
+                .await;
                 return;
             }
         }

@@ -141,28 +141,29 @@ impl<'a> ChatSession<'a> {
     }
 
     pub(super) async fn run(mut self, mut shutdown: Shutdown) {
-        if self.extended && self.greet().await.is_err() {
+        if self.extended && Box::pin(self.greet()).await.is_err() {
             return;
         }
         let ending = loop {
             let after = self.replay.as_ref().map(|cursor| cursor.after);
             let step = tokio::select! {
                 _ = shutdown.signalled() => Some(Ending::Shutdown),
-                // Boxed, like the closing paths below: rare or short-lived, they would
-                // otherwise make every idle session as large as the largest of them.
+                // Every handler is boxed, like the closing paths below: inline, each would
+                // make every idle session as large as the largest of them (a write under its
+                // deadline is the largest). One allocation per delivery batch is the price.
                 inbound = self.socket.next(), if self.publishing.is_none() => {
                     Box::pin(self.on_inbound(inbound)).await
                 }
-                outcome = published(&mut self.publishing) => self.on_published(outcome).await,
+                outcome = published(&mut self.publishing) => Box::pin(self.on_published(outcome)).await,
                 outbound = next_outbound(&mut self.membership, &mut self.page_in_flight, after) => match outbound {
                     Outbound::Page(page) => Box::pin(self.on_page(page)).await,
-                    Outbound::Live(Some(delivery)) => self.deliver(delivery).await,
+                    Outbound::Live(Some(delivery)) => Box::pin(self.deliver(delivery)).await,
                     Outbound::Live(None) => Some(Ending::Close(
                         CloseCode::from(CLOSE_SLOW_READER),
                         "too slow: resume with since",
                     )),
                 },
-                _ = self.clock.due() => self.on_timer().await,
+                _ = self.clock.due() => Box::pin(self.on_timer()).await,
             };
             if let Some(ending) = step {
                 break ending;
@@ -424,7 +425,7 @@ impl<'a> ChatSession<'a> {
         }
         if refused {
             self.shared.metrics.publish_refused();
-            return self.refused().await;
+            return Box::pin(self.refused()).await;
         }
         None
     }
