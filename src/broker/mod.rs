@@ -116,6 +116,27 @@ impl fmt::Display for Unavailable {
 /// A publish waiting for room in the broker's queue.
 pub type PublishFuture = Pin<Box<dyn Future<Output = Result<(), Unavailable>> + Send>>;
 
+/// What became of a publish at once.
+pub enum Publishing {
+    /// Delivered (embedded) or queued for Redis.
+    Accepted,
+    /// Redis is away and its hold queue full: the message was not sent.
+    Refused,
+    /// Redis's queue is full for a moment; this resolves when the message is in or refused.
+    Waiting(PublishFuture),
+}
+
+impl Publishing {
+    /// The outcome, waiting if need be.
+    pub async fn outcome(self) -> Result<(), Unavailable> {
+        match self {
+            Publishing::Accepted => Ok(()),
+            Publishing::Refused => Err(Unavailable),
+            Publishing::Waiting(publish) => publish.await,
+        }
+    }
+}
+
 /// A replay page on its way.
 pub type PageFuture = Pin<Box<dyn Future<Output = Result<Page, Unavailable>> + Send>>;
 
@@ -147,13 +168,13 @@ impl Membership {
     }
 
     /// Publishes a chat message to every member of the room, this one included. The
-    /// embedded broker is done at once; Redis's queue may hold the sender back a moment. The
-    /// future owns what it needs, so the session keeps delivering to its client meanwhile.
-    pub fn publish(&self, chat: ChatParts) -> PublishFuture {
+    /// embedded broker is done at once; Redis's queue may hold the sender back a moment, with
+    /// a future that owns what it needs, so the session keeps delivering meanwhile.
+    pub fn publish(&self, chat: ChatParts) -> Publishing {
         match &self.handle {
             MemberHandle::Local(member) => {
                 member.publish(&chat);
-                Box::pin(std::future::ready(Ok(())))
+                Publishing::Accepted
             }
             MemberHandle::Redis(member) => member.publish(chat),
         }

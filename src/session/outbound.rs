@@ -4,7 +4,9 @@
 //! within the peer timeout ends it. Frames past [`OUT_PIECE`] bytes go out as fragments, so
 //! tungstenite's write buffer, which keeps its largest size for good, stays small.
 
-use std::future::Future;
+use std::future::{Future, poll_fn};
+use std::pin::pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -44,7 +46,13 @@ pub async fn within<T>(
     limit: Duration,
     op: impl Future<Output = Result<T, WsError>>,
 ) -> Result<T, WsError> {
-    match timeout(limit, op).await {
+    let mut op = pin!(op);
+    // Most writes finish at once, into the socket's buffer: only one that has to wait
+    // starts a timer (boxed, so a waiting session does not carry one inline).
+    if let Poll::Ready(result) = poll_fn(|cx| Poll::Ready(op.as_mut().poll(cx))).await {
+        return result;
+    }
+    match Box::pin(timeout(limit, op)).await {
         Ok(result) => result,
         Err(_) => Err(WsError::Io(std::io::ErrorKind::TimedOut.into())),
     }
@@ -55,6 +63,11 @@ pub async fn feed_frame(socket: &mut Socket, text: Utf8Bytes) -> Result<(), WsEr
     if text.len() <= OUT_PIECE {
         return socket.feed(Message::Text(text)).await;
     }
+    // Boxed: rare, and inline it would size every session that waits to deliver.
+    Box::pin(feed_fragments(socket, text)).await
+}
+
+async fn feed_fragments(socket: &mut Socket, text: Utf8Bytes) -> Result<(), WsError> {
     let bytes: Bytes = text.into();
     let mut start = 0;
     while start < bytes.len() {

@@ -29,7 +29,7 @@ use super::feed::WeakFeed;
 use super::ledger::FrameLedger;
 use super::{
     Accepted, Members, Membership, PAGE_BYTES, PAGE_FRAMES, Page, PageFuture, PublishFuture,
-    Resume, Unavailable, Visitor,
+    Publishing, Resume, Unavailable, Visitor,
 };
 use crate::config::Config;
 use crate::health::Health;
@@ -260,12 +260,35 @@ impl Inner {
     }
 }
 
+/// Pushes `held` once the queue has room, for at most [`REDIS_TIMEOUT`]; refused if Redis
+/// goes away meanwhile.
+fn wait_for_room(inner: Arc<Inner>, mut held: Held) -> PublishFuture {
+    Box::pin(async move {
+        let queue = &inner.queue;
+        let deadline = Instant::now() + REDIS_TIMEOUT;
+        let queued = loop {
+            let space = queue.space.notified();
+            match queue.push(held) {
+                Ok(()) => break true,
+                Err(Full(back)) if inner.health.is_broker_up() => {
+                    held = *back;
+                    if timeout_at(deadline, space).await.is_err() {
+                        break false;
+                    }
+                }
+                Err(_) => break false,
+            }
+        };
+        inner.metrics.publishes_held_now(queue.held());
+        if queued { Ok(()) } else { Err(Unavailable) }
+    })
+}
+
 impl Member {
     /// Queues the publish. While Redis is up a full queue holds the sender back for a
     /// moment; while it is away the publish is refused at once.
-    pub fn publish(&self, chat: ChatParts) -> PublishFuture {
-        let inner = Arc::clone(&self.inner);
-        let mut held = Held {
+    pub fn publish(&self, chat: ChatParts) -> Publishing {
+        let held = Held {
             room: Arc::clone(&self.room),
             chat,
             origin: Origin::Member(self.feed.clone()),
@@ -273,25 +296,16 @@ impl Member {
             previous: 0,
             failing_since: None,
         };
-        Box::pin(async move {
-            let queue = &inner.queue;
-            let deadline = Instant::now() + REDIS_TIMEOUT;
-            let queued = loop {
-                let space = queue.space.notified();
-                match queue.push(held) {
-                    Ok(()) => break true,
-                    Err(Full(back)) if inner.health.is_broker_up() => {
-                        held = *back;
-                        if timeout_at(deadline, space).await.is_err() {
-                            break false;
-                        }
-                    }
-                    Err(_) => break false,
-                }
-            };
-            inner.metrics.publishes_held_now(queue.held());
-            if queued { Ok(()) } else { Err(Unavailable) }
-        })
+        let queue = &self.inner.queue;
+        let publishing = match queue.push(held) {
+            Ok(()) => Publishing::Accepted,
+            Err(Full(back)) if self.inner.health.is_broker_up() => {
+                Publishing::Waiting(wait_for_room(Arc::clone(&self.inner), *back))
+            }
+            Err(_) => Publishing::Refused,
+        };
+        self.inner.metrics.publishes_held_now(queue.held());
+        publishing
     }
 
     /// The next frames of a replay, read from the room's stream.

@@ -105,7 +105,7 @@ impl ChatSession<'_> {
                     self.shared.metrics.message_received();
                     let user = self.identity.as_ref().map(|identity| &*identity.user_json);
                     let chat = ChatParts::new(&chat, user, protocol::now_ms());
-                    let _ = self.membership.publish(chat).await;
+                    let _ = self.membership.publish(chat).outcome().await;
                 }
             }
         })

@@ -14,7 +14,9 @@ use super::outbound::{CLOSE_WAIT, Socket, feed_frame, send_message, within};
 use super::{Ending, ending_for};
 use crate::auth::jwt::LEEWAY_SECS;
 use crate::auth::{Identity, Mode, Refusal, now_secs};
-use crate::broker::{Delivery, Membership, Page, PageFuture, PublishFuture, Replay, Unavailable};
+use crate::broker::{
+    Delivery, Membership, Page, PageFuture, PublishFuture, Publishing, Replay, Unavailable,
+};
 use crate::config::LogLevel;
 use crate::limits::{AddressGuard, RateState};
 use crate::log;
@@ -306,8 +308,14 @@ impl<'a> ChatSession<'a> {
                 }
                 let user = self.identity.as_ref().map(|identity| &*identity.user_json);
                 let chat = ChatParts::new(&message, user, protocol::now_ms());
-                self.publishing = Some(self.membership.publish(chat));
-                return None;
+                return match self.membership.publish(chat) {
+                    Publishing::Accepted => None,
+                    Publishing::Refused => Box::pin(self.on_published(Err(Unavailable))).await,
+                    Publishing::Waiting(publish) => {
+                        self.publishing = Some(publish);
+                        None
+                    }
+                };
             }
             Ok(Inbound::Refresh(token)) => return self.refresh(&token).await,
             Err(invalid) => {
