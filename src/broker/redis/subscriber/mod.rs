@@ -43,7 +43,15 @@ pub(super) struct RoomTask {
     rooms: HashMap<Arc<str>, Room>,
     /// Sweeps so far, which times the presence upkeep.
     sweeps: u64,
+    /// Counts from a presence reap that runs beside the task, so fan-out never waits for it.
+    reaped: mpsc::Receiver<Reaped>,
+    reaped_sender: mpsc::Sender<Reaped>,
+    /// A reap is on its way: the next one waits for it.
+    reaping: bool,
 }
+
+/// Each room's count after a reap.
+type Reaped = Vec<(Arc<str>, u64)>;
 
 /// The live connections of the room task.
 struct Link {
@@ -60,11 +68,15 @@ enum Served {
 
 impl RoomTask {
     pub(super) fn new(inner: Arc<Inner>, client: Client) -> RoomTask {
+        let (reaped_sender, reaped) = mpsc::channel(1);
         RoomTask {
             inner,
             client,
             rooms: HashMap::new(),
             sweeps: 0,
+            reaped,
+            reaped_sender,
+            reaping: false,
         }
     }
 
@@ -217,6 +229,10 @@ impl RoomTask {
                     None => return Served::Lost("pub/sub connection closed".into()),
                 },
                 _ = sweep.tick() => self.sweep(link).await,
+                Some(counts) = self.reaped.recv() => {
+                    self.announce_counts(counts);
+                    Ok(())
+                }
             };
             match result {
                 Ok(()) => {}

@@ -15,12 +15,12 @@ impl RoomTask {
     pub(super) async fn sweep(&mut self, link: &mut Link) -> Result<(), RedisError> {
         self.sweeps += 1;
         if self.sweeps.is_multiple_of(REAP_EVERY) {
-            self.reap_presence(link).await?;
+            self.reap_presence(link);
         }
         // A third of an entry's life: two refreshes may fail before a live one expires.
         let refresh_every = (self.inner.presence_ttl_ms / 3000).max(1);
         if self.sweeps.is_multiple_of(refresh_every) {
-            self.refresh_presence(link).await?;
+            self.refresh_presence(link);
         }
         let mut empty = Vec::new();
         for (name, room) in &mut self.rooms {
@@ -38,22 +38,44 @@ impl RoomTask {
         }
     }
 
-    /// Lets expired connections go (announcing users who left), and tells members a count
-    /// that changed without an event.
-    async fn reap_presence(&mut self, link: &mut Link) -> Result<(), RedisError> {
+    /// Lets expired connections go (announcing users who left), beside the task: with many
+    /// rooms the pipeline takes a while, and deliveries must not wait for it.
+    fn reap_presence(&mut self, link: &Link) {
         let names: Vec<Arc<str>> = self.rooms.keys().cloned().collect();
-        if names.is_empty() {
-            return Ok(());
+        if names.is_empty() || self.reaping {
+            return;
         }
         let mut pipeline = redis::pipe();
         pipeline.ignore_errors();
         for name in &names {
             presence::add_reap(&mut pipeline, &self.inner, name);
         }
-        let counts: Vec<RedisResult<u64>> = pipeline.query_async(&mut link.commands).await?;
+        let mut commands = link.commands.clone();
+        let done = self.reaped_sender.clone();
+        self.reaping = true;
+        tokio::spawn(async move {
+            let query = pipeline.query_async::<Vec<RedisResult<u64>>>(&mut commands);
+            // A failed reap is tried again at the next turn; a lost Redis is noticed by
+            // the task's own ping.
+            let counts = match timeout(REDIS_TIMEOUT, query).await {
+                Ok(Ok(counts)) => counts,
+                _ => Vec::new(),
+            };
+            let counts = names
+                .into_iter()
+                .zip(counts)
+                .filter_map(|(name, count)| Some((name, count.ok()?)))
+                .collect();
+            let _ = done.send(counts).await;
+        });
+    }
+
+    /// Tells members a count that changed without an event.
+    pub(super) fn announce_counts(&mut self, counts: Vec<(Arc<str>, u64)>) {
+        self.reaping = false;
         let now = Instant::now();
-        for (name, count) in names.iter().zip(counts) {
-            if let (Some(room), Ok(count)) = (self.rooms.get_mut(name), count) {
+        for (name, count) in counts {
+            if let Some(room) = self.rooms.get_mut(&name) {
                 room.announce_count(
                     count,
                     self.inner.presence_events_max,
@@ -62,11 +84,11 @@ impl RoomTask {
                 );
             }
         }
-        Ok(())
     }
 
-    /// Keeps this instance's connections present, so only a crashed instance's expire.
-    async fn refresh_presence(&mut self, link: &mut Link) -> Result<(), RedisError> {
+    /// Keeps this instance's connections present, so only a crashed instance's expire;
+    /// beside the task, like the reap.
+    fn refresh_presence(&self, link: &Link) {
         let mut pipeline = redis::pipe();
         for (name, room) in &self.rooms {
             let ids: Vec<u64> = room.members.iter().map(|member| member.id).collect();
@@ -74,9 +96,13 @@ impl RoomTask {
         }
         // Redis refuses an empty pipeline.
         if pipeline.is_empty() {
-            return Ok(());
+            return;
         }
-        pipeline.query_async::<()>(&mut link.commands).await
+        let mut commands = link.commands.clone();
+        tokio::spawn(async move {
+            let query = pipeline.query_async::<()>(&mut commands);
+            let _ = timeout(REDIS_TIMEOUT, query).await;
+        });
     }
 
     /// The instance is stopping: every connection it still holds leaves as if closed, so a
