@@ -217,6 +217,32 @@ async fn x_forwarded_for_from_a_trusted_proxy_names_the_rightmost_untrusted_clie
 }
 
 #[tokio::test]
+async fn x_forwarded_for_from_a_peer_that_is_not_a_trusted_proxy_is_ignored() {
+    let _machine = shared_machine().await;
+    let server = InProcess::start(&[
+        ("ROOMCAST_MAX_CONNECTIONS_PER_IP", "2"),
+        ("ROOMCAST_HEAD_TIMEOUT_MS", "60000"),
+    ]);
+    let me = loopback(0, 13, 1);
+    let claiming = |address: &str| {
+        format!("GET /healthz HTTP/1.1\r\nHost: test\r\nX-Forwarded-For: {address}\r\n\r\n")
+    };
+    let mut holders = Vec::new();
+    for address in ["198.51.100.1", "198.51.100.2"] {
+        let mut stream = connect_from(me, server.addr()).await;
+        stream
+            .write_all(claiming(address).as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(read_head(&mut stream).await.0.status, 200);
+        holders.push(stream);
+    }
+    // Naming a third address does not make a third client: the peer is counted.
+    let request = claiming("198.51.100.3");
+    assert_too_many(&exchange_from(me, server.addr(), request.as_bytes()).await);
+}
+
+#[tokio::test]
 async fn a_proxy_header_from_an_untrusted_peer_or_a_malformed_one_is_400() {
     let _machine = shared_machine().await;
     let untrusted = InProcess::start(&[]);
