@@ -50,7 +50,7 @@ for _, conn in ipairs(expired) do
     if user ~= '' and json then
       redis.call('HDEL', KEYS[4], user)
       local count = redis.call('HLEN', KEYS[4]) + tonumber(redis.call('HGET', KEYS[3], '') or '0')
-      if count < tonumber(ARGV[2]) then
+      if count <= tonumber(ARGV[2]) then
         redis.call('PUBLISH', ARGV[3], 'P leave ' .. count .. ' ' .. conn .. ' ' .. json)
       end
     end
