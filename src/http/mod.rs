@@ -121,8 +121,10 @@ pub async fn serve(
             }
             Answer::Presence(room) => {
                 let response = api::presence(&room, endpoints.broker).await;
+                // An error answer says `Connection: close`, and means it.
+                let keep_alive = response.starts_with(b"HTTP/1.1 200") && head.keep_alive();
                 let written = timeout(write_limit, stream.write_all(&response)).await;
-                if !matches!(written, Ok(Ok(()))) || !head.keep_alive() || shutdown.is_signalled() {
+                if !matches!(written, Ok(Ok(()))) || !keep_alive || shutdown.is_signalled() {
                     return None;
                 }
             }
