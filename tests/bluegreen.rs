@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use testkit::haproxy::Haproxy;
+use testkit::haproxy::{self, Haproxy};
 use testkit::net::loopback;
 use testkit::redis::RedisServer;
 use testkit::swap::{self, Deployment, Scenario};
@@ -78,8 +78,11 @@ impl Colours {
         let (blue_port, green_port) = (free_port(), free_port());
         let blue = colour(&redis_url, blue_port);
         let (front, stats) = (loopback(free_port()), loopback(free_port()));
-        let mut proxy =
-            Haproxy::start(haproxy, &config(front, stats, blue_port, green_port), stats);
+        let mut proxy = Haproxy::start(
+            haproxy,
+            &haproxy::blue_green_config(front, stats, blue_port, green_port),
+            stats,
+        );
         proxy.wait_status("roomcast", "blue", "UP");
         proxy.wait_status("roomcast", "green", "DOWN");
         Colours {
@@ -160,41 +163,4 @@ fn colour(redis_url: &str, port: u16) -> Server {
         },
     );
     server
-}
-
-fn config(front: SocketAddr, stats: SocketAddr, blue: u16, green: u16) -> String {
-    format!(
-        "global
-    log stdout format raw local0 notice
-defaults
-    mode http
-    log global
-    option redispatch
-    retries 3
-    timeout connect 1s
-    timeout client 30s
-    timeout server 30s
-    timeout http-request 5s
-    timeout check 1s
-    timeout tunnel 1h
-frontend chat
-    bind {front}
-    option forwardfor
-    http-request deny deny_status 404 if {{ path_beg /metrics }}
-    default_backend roomcast
-backend roomcast
-    balance leastconn
-    option httpchk
-    http-check send meth GET uri /readyz ver HTTP/1.1 hdr Host roomcast
-    http-check expect status 200
-    default-server check inter 200ms fastinter 100ms downinter 200ms fall 2 rise 2 send-proxy-v2 check-send-proxy
-    server blue 127.0.0.1:{blue}
-    server green 127.0.0.1:{green}
-frontend stats
-    bind {stats}
-    stats enable
-    stats uri /stats
-    no log
-"
-    )
 }

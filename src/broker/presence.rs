@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -135,6 +136,51 @@ impl Presence {
                 .map(|p| Arc::clone(&p.user))
                 .collect(),
         }
+    }
+}
+
+/// How often a changed count is announced in a room too large for events.
+pub const COUNT_EVERY: Duration = Duration::from_secs(10);
+
+/// The count a room's members were last told, and when.
+#[derive(Debug, Clone, Copy)]
+pub struct Announced {
+    count: u64,
+    at: Instant,
+}
+
+impl Default for Announced {
+    fn default() -> Announced {
+        Announced {
+            count: 0,
+            at: Instant::now(),
+        }
+    }
+}
+
+impl Announced {
+    /// The members now know `count` (from an event, or a welcome).
+    pub fn told(&mut self, count: u64) {
+        *self = Announced {
+            count,
+            at: Instant::now(),
+        };
+    }
+
+    /// Whether `count` is to be announced now, counted as told if so: a changed count at
+    /// once in a room small enough for events (`events_max`), at most every
+    /// [`COUNT_EVERY`] in a larger one.
+    pub fn due(&mut self, count: u64, events_max: u64, now: Instant) -> bool {
+        let every = if count > events_max {
+            COUNT_EVERY
+        } else {
+            Duration::ZERO
+        };
+        if count == self.count || now < self.at + every {
+            return false;
+        }
+        *self = Announced { count, at: now };
+        true
     }
 }
 

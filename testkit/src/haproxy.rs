@@ -102,3 +102,43 @@ impl Haproxy {
         });
     }
 }
+
+/// The blue-green front the tests run: `blue` and `green` on loopback behind `front`,
+/// checked on `/readyz` every 200 ms, each client named in a PROXY v2 header, `/metrics`
+/// kept inside, and the stats page on `stats`.
+pub fn blue_green_config(front: SocketAddr, stats: SocketAddr, blue: u16, green: u16) -> String {
+    format!(
+        "global
+    log stdout format raw local0 notice
+defaults
+    mode http
+    log global
+    option redispatch
+    retries 3
+    timeout connect 1s
+    timeout client 30s
+    timeout server 30s
+    timeout http-request 5s
+    timeout check 1s
+    timeout tunnel 1h
+frontend chat
+    bind {front}
+    option forwardfor
+    http-request deny deny_status 404 if {{ path_beg /metrics }}
+    default_backend roomcast
+backend roomcast
+    balance leastconn
+    option httpchk
+    http-check send meth GET uri /readyz ver HTTP/1.1 hdr Host roomcast
+    http-check expect status 200
+    default-server check inter 200ms fastinter 100ms downinter 200ms fall 2 rise 2 send-proxy-v2 check-send-proxy
+    server blue 127.0.0.1:{blue}
+    server green 127.0.0.1:{green}
+frontend stats
+    bind {stats}
+    stats enable
+    stats uri /stats
+    no log
+"
+    )
+}

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value, json};
-use testkit::haproxy::Haproxy;
+use testkit::haproxy::{self, Haproxy};
 use testkit::net::loopback;
 use testkit::redis::RedisServer;
 use testkit::{Roomcast, Server, free_port, http, metrics};
@@ -120,7 +120,7 @@ impl BlueGreen {
         let (mut blue, green) = (colour(), colour());
         blue.start();
         let (front, stats) = (loopback(free_port()), loopback(free_port()));
-        let config = haproxy_config(front, stats, blue.addr.port(), green.addr.port());
+        let config = haproxy::blue_green_config(front, stats, blue.addr.port(), green.addr.port());
         let mut proxy = Haproxy::start(&haproxy, &config, stats);
         proxy.wait_status("roomcast", "blue", "UP");
         proxy.wait_status("roomcast", "green", "DOWN");
@@ -140,43 +140,6 @@ impl BlueGreen {
         let blue_exited_ms = self.blue.stop();
         json!({ "green_ready_ms": green_ready_ms, "blue_exited_ms": blue_exited_ms })
     }
-}
-
-fn haproxy_config(front: SocketAddr, stats: SocketAddr, blue: u16, green: u16) -> String {
-    format!(
-        "global
-    log stdout format raw local0 notice
-defaults
-    mode http
-    log global
-    option redispatch
-    retries 3
-    timeout connect 1s
-    timeout client 30s
-    timeout server 30s
-    timeout http-request 5s
-    timeout check 1s
-    timeout tunnel 1h
-frontend chat
-    bind {front}
-    option forwardfor
-    http-request deny deny_status 404 if {{ path_beg /metrics }}
-    default_backend roomcast
-backend roomcast
-    balance leastconn
-    option httpchk
-    http-check send meth GET uri /readyz ver HTTP/1.1 hdr Host roomcast
-    http-check expect status 200
-    default-server check inter 200ms fastinter 100ms downinter 200ms fall 2 rise 2 send-proxy-v2 check-send-proxy
-    server blue 127.0.0.1:{blue}
-    server green 127.0.0.1:{green}
-frontend stats
-    bind {stats}
-    stats enable
-    stats uri /stats
-    no log
-"
-    )
 }
 
 /// Everything one scenario runs against, by the names its script uses.

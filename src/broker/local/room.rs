@@ -7,7 +7,7 @@ use tokio::time::Instant;
 
 use crate::broker::feed::{FeedSender, Overflow};
 use crate::broker::history::History;
-use crate::broker::presence::{Change, Presence};
+use crate::broker::presence::{Announced, Change, Presence};
 use crate::broker::{Delivery, Frame};
 use crate::metrics::Metrics;
 use crate::protocol;
@@ -28,7 +28,7 @@ pub(super) struct RoomState {
     next_member_id: u64,
     pub presence: Presence,
     /// The count members were last told, and when.
-    announced: (u64, Instant),
+    announced: Announced,
 }
 
 /// A member as its room sees it. Its presence is the session's own (see `Member`): a member
@@ -46,12 +46,9 @@ pub(super) struct PresenceRules {
     /// Users listed in a welcome.
     pub list: usize,
     /// Past this many present, joins and leaves are not announced one by one; the count is,
-    /// at most every [`COUNT_EVERY`].
+    /// at most every `presence::COUNT_EVERY`.
     pub events_max: u64,
 }
-
-/// How often a changed count is announced, when no join or leave said it.
-pub(super) const COUNT_EVERY: Duration = Duration::from_secs(10);
 
 impl Room {
     pub fn new(name: String, epoch: String) -> Room {
@@ -65,7 +62,7 @@ impl Room {
                 members: Vec::new(),
                 next_member_id: 0,
                 presence: Presence::default(),
-                announced: (0, Instant::now()),
+                announced: Announced::default(),
             }),
         }
     }
@@ -86,7 +83,7 @@ impl RoomState {
     /// A joiner alone here was told the count in its welcome: nobody needs it announced.
     pub fn welcomed_alone(&mut self, count: u64) {
         if self.members.len() == 1 {
-            self.announced = (count, Instant::now());
+            self.announced.told(count);
         }
     }
 
@@ -124,25 +121,18 @@ impl RoomState {
             Change::Joined(user) => protocol::presence_frame("join", &user, count),
             Change::Left(user) => protocol::presence_frame("leave", &user, count),
         };
-        self.announced = (count, Instant::now());
+        self.announced.told(count);
         self.notify(Frame::from(frame), metrics);
     }
 
     /// Announces the count if it changed without an event saying so (anonymous members, or
     /// a room too large for events): at once in a room small enough for events, at most
-    /// every [`COUNT_EVERY`] in a larger one.
+    /// every `presence::COUNT_EVERY` in a larger one.
     pub fn announce_count(&mut self, now: Instant, rules: &PresenceRules, metrics: &Metrics) {
         let count = self.presence.count();
-        let (told, at) = self.announced;
-        let every = if count > rules.events_max {
-            COUNT_EVERY
-        } else {
-            Duration::ZERO
-        };
-        if count == told || now < at + every {
+        if !self.announced.due(count, rules.events_max, now) {
             return;
         }
-        self.announced = (count, now);
         self.notify(Frame::from(protocol::members_frame(count)), metrics);
     }
 

@@ -2,17 +2,13 @@
 //! how a message from pub/sub or a page of history reaches them in order. No I/O here: the
 //! room task (`subscriber.rs`) brings the messages and pages.
 
-use std::time::Duration;
-
 use tokio::time::Instant;
 
 use crate::broker::feed::{self, Feed, FeedSender, Overflow, WeakFeed};
+use crate::broker::presence::Announced;
 use crate::broker::{Delivery, Frame};
 use crate::metrics::Metrics;
 use crate::protocol::{self, ResetReason};
-
-/// How often a changed presence count is announced, when no join or leave said it.
-const COUNT_EVERY: Duration = Duration::from_secs(10);
 
 pub(super) struct RemoteMember {
     pub id: u64,
@@ -29,7 +25,7 @@ pub(super) struct Room {
     pub members: Vec<RemoteMember>,
     next_member_id: u64,
     /// The presence count members were last told, and when.
-    announced: (u64, Instant),
+    announced: Announced,
 }
 
 /// What to do with a message that arrived on the room's channel.
@@ -50,14 +46,14 @@ impl Room {
             delivered,
             members: Vec::new(),
             next_member_id: 0,
-            announced: (0, Instant::now()),
+            announced: Announced::default(),
         }
     }
 
     /// A joiner alone here was told the count in its welcome: nobody needs it announced.
     pub fn welcomed_alone(&mut self, count: u64) {
         if self.members.len() == 1 {
-            self.announced = (count, Instant::now());
+            self.announced.told(count);
         }
     }
 
@@ -157,24 +153,17 @@ impl Room {
         except: Option<u64>,
         metrics: &Metrics,
     ) {
-        self.announced = (count, Instant::now());
+        self.announced.told(count);
         let frame = Frame::from(protocol::presence_frame(kind, user, count));
         self.notify(frame, except.filter(|_| kind == "join"), metrics);
     }
 
     /// Announces the count if it changed without an event saying so: at once in a room
-    /// small enough for events (`events_max`), at most every [`COUNT_EVERY`] in a larger one.
+    /// small enough for events (`events_max`), at most every `presence::COUNT_EVERY` in a larger one.
     pub fn announce_count(&mut self, count: u64, events_max: u64, now: Instant, metrics: &Metrics) {
-        let (told, at) = self.announced;
-        let every = if count > events_max {
-            COUNT_EVERY
-        } else {
-            Duration::ZERO
-        };
-        if count == told || now < at + every {
+        if !self.announced.due(count, events_max, now) {
             return;
         }
-        self.announced = (count, now);
         self.notify(Frame::from(protocol::members_frame(count)), None, metrics);
     }
 

@@ -353,11 +353,7 @@ impl<'a> ChatSession<'a> {
     /// A user may read this room but not post in it.
     async fn forbidden(&mut self) -> Option<Ending> {
         const REASON: &str = "posting in this room is not granted by the token";
-        if !self.extended {
-            return Some(Ending::Close(CloseCode::Policy, REASON));
-        }
-        self.send_now(protocol::error_frame("forbidden", REASON))
-            .await
+        self.refuse(CloseCode::Policy, "forbidden", REASON).await
     }
 
     /// A fresh token for the same user, still granted this room, puts the expiry off.
@@ -389,11 +385,21 @@ impl<'a> ChatSession<'a> {
     /// A message of this client's was not published: an error frame, or close 1013.
     async fn refused(&mut self) -> Option<Ending> {
         const REASON: &str = "broker unavailable: message not sent";
+        self.refuse(CloseCode::Again, "unavailable", REASON).await
+    }
+
+    /// A plain client is closed with `close`; an extended one gets an error frame with
+    /// `code` and stays.
+    async fn refuse(
+        &mut self,
+        close: CloseCode,
+        code: &str,
+        reason: &'static str,
+    ) -> Option<Ending> {
         if !self.extended {
-            return Some(Ending::Close(CloseCode::Again, REASON));
+            return Some(Ending::Close(close, reason));
         }
-        self.send_now(protocol::error_frame("unavailable", REASON))
-            .await
+        self.send_now(protocol::error_frame(code, reason)).await
     }
 
     async fn send_now(&mut self, frame: String) -> Option<Ending> {
