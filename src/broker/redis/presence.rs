@@ -12,6 +12,7 @@ use redis::{Pipeline, RedisResult, Value};
 use super::Inner;
 use super::wire::{self, RoomKeys};
 use crate::broker::presence::Members;
+use crate::protocol::now_ms;
 
 /// Adds a connection (and its user); announces the user's first. Returns the room's count
 /// and up to ARGV[8] users. KEYS: present, who, counts, users. ARGV: connection, expiry
@@ -182,10 +183,6 @@ fn parse_members(reply: Value) -> Members {
         count,
         users: users.into_iter().map(std::sync::Arc::from).collect(),
     }
-}
-
-fn now_ms() -> u64 {
-    crate::protocol::now_ms()
 }
 
 #[cfg(test)]
