@@ -22,7 +22,7 @@ pub struct Shared {
     /// How fast one connection may publish.
     pub publish_rate: RateLimit,
     pub auth: Authenticator,
-    /// The chat page with this server's settings, built once.
+    /// The chat page with this server's settings, built on its first request.
     pub page: Page,
 }
 
