@@ -16,6 +16,8 @@ pub const ENV_ADDR: &str = "ROOMCAST_ADDR";
 pub const ENV_REDIS_URL: &str = "ROOMCAST_REDIS_URL";
 /// Accepted when `ROOMCAST_REDIS_URL` is unset: the name most compose files already use.
 pub const ENV_REDIS_URL_FALLBACK: &str = "REDIS_URL";
+/// Seed nodes of a Redis Cluster, comma-separated; set instead of a Redis URL.
+pub const ENV_REDIS_CLUSTER: &str = "ROOMCAST_REDIS_CLUSTER";
 pub const ENV_WORKERS: &str = "ROOMCAST_WORKERS";
 pub const ENV_SHUTDOWN_DELAY_MS: &str = "ROOMCAST_SHUTDOWN_DELAY_MS";
 pub const ENV_DRAIN_DEADLINE_MS: &str = "ROOMCAST_DRAIN_DEADLINE_MS";
@@ -77,6 +79,9 @@ pub struct Config {
     /// `None` runs the embedded in-process broker. A client holds only the parsed URL; it
     /// connects when the broker starts.
     pub redis: Option<redis::Client>,
+    /// Seed nodes of a Redis Cluster; empty unless `ROOMCAST_REDIS_CLUSTER` is set. The
+    /// broker learns the other nodes from them.
+    pub redis_cluster: Vec<redis::Client>,
     /// Runtime worker threads; 0 means one per core.
     pub workers: usize,
     /// How long `/readyz` answers 503 before the listener closes, so a proxy notices first.
@@ -152,6 +157,7 @@ impl Default for Config {
         Config {
             addr: SocketAddr::from(([0, 0, 0, 0], 8000)),
             redis: None,
+            redis_cluster: Vec::new(),
             workers: 0,
             shutdown_delay: Duration::from_millis(1500),
             drain_deadline: Duration::from_secs(5),
@@ -239,6 +245,7 @@ impl Config {
                 }
                 Some(_) => return Err(bad_redis_url(&source)),
             },
+            redis_cluster: source.redis_seeds(ENV_REDIS_CLUSTER)?,
             workers: source.number(ENV_WORKERS, defaults.workers, 0..=256)?,
             shutdown_delay: source.millis(ENV_SHUTDOWN_DELAY_MS, defaults.shutdown_delay, 0)?,
             drain_deadline: source.millis(ENV_DRAIN_DEADLINE_MS, defaults.drain_deadline, 1)?,
@@ -396,6 +403,12 @@ impl Config {
                     "must be at least {ENV_MAX_MESSAGE_BYTES} + {FRAME_OVERHEAD} ({})",
                     config.max_message_bytes + FRAME_OVERHEAD
                 ),
+            });
+        }
+        if config.redis.is_some() && !config.redis_cluster.is_empty() {
+            return Err(ConfigError {
+                variable: ENV_REDIS_CLUSTER,
+                reason: "set either a Redis URL or cluster seeds, not both".into(),
             });
         }
         if config.auth != Mode::Off && config.auth_secrets.is_empty() {

@@ -23,6 +23,37 @@ pub(super) struct Source<'a> {
 }
 
 impl Source<'_> {
+    /// Cluster seed nodes, `redis://host:port` each, comma-separated; a bad one is named by
+    /// its place in the list, not echoed, since it may hold a password.
+    pub(super) fn redis_seeds(
+        &self,
+        name: &'static str,
+    ) -> Result<Vec<redis::Client>, ConfigError> {
+        let Some(list) = self.get(name) else {
+            return Ok(Vec::new());
+        };
+        let seeds = list
+            .split(',')
+            .map(str::trim)
+            .filter(|seed| !seed.is_empty());
+        seeds
+            .enumerate()
+            .map(|(place, seed)| {
+                let client = seed
+                    .starts_with("redis://")
+                    .then(|| redis::Client::open(seed).ok())
+                    .flatten();
+                client.ok_or_else(|| ConfigError {
+                    variable: name,
+                    reason: format!(
+                        "seed {} is not a URL like redis://host:6379 (list them comma-separated)",
+                        place + 1
+                    ),
+                })
+            })
+            .collect()
+    }
+
     /// A set but empty variable counts as unset, as compose writes `VAR=` for blanks.
     pub(super) fn get(&self, name: &str) -> Option<String> {
         (self.lookup)(name).filter(|value| !value.trim().is_empty())

@@ -60,6 +60,27 @@ fn prefixed_redis_url_wins_over_the_plain_one() {
 }
 
 #[test]
+fn cluster_seeds_are_listed_instead_of_a_url() {
+    let config =
+        config_from(&[(ENV_REDIS_CLUSTER, "redis://a:7000, redis://:pw@b:7001,")]).unwrap();
+    let seeds: Vec<String> = config
+        .redis_cluster
+        .iter()
+        .map(|seed| seed.get_connection_info().addr().to_string())
+        .collect();
+    assert_eq!(seeds, ["a:7000", "b:7001"]);
+    assert!(config.redis.is_none());
+    let bad = config_from(&[(ENV_REDIS_CLUSTER, "redis://a:7000,http://:secret@b")]).unwrap_err();
+    assert_eq!(bad.variable, ENV_REDIS_CLUSTER);
+    assert!(bad.reason.contains("seed 2") && !bad.reason.contains("secret"));
+    let both = [
+        (ENV_REDIS_CLUSTER, "redis://a:7000"),
+        (ENV_REDIS_URL, "redis://b:6379"),
+    ];
+    assert_eq!(config_from(&both).unwrap_err().variable, ENV_REDIS_CLUSTER);
+}
+
+#[test]
 fn bad_values_name_their_variable() {
     for (name, value) in [
         (ENV_ADDR, "nowhere"),
