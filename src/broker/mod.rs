@@ -203,7 +203,12 @@ impl Broker {
     /// The broker the configuration names. The embedded one is up at once; a Redis broker
     /// connects (and reconnects) in the background and reports through `health`.
     pub fn start(config: &Config, health: Arc<Health>, metrics: Arc<Metrics>) -> Broker {
-        match &config.redis {
+        let backend = match (&config.redis, config.redis_cluster.is_empty()) {
+            (Some(client), _) => Some(redis::Backend::Single(client.clone())),
+            (None, false) => Some(redis::Backend::Cluster(config.redis_cluster.clone())),
+            (None, true) => None,
+        };
+        match backend {
             None => {
                 health.set_broker_up(true);
                 let broker = local::LocalBroker::new(config, metrics);
@@ -217,12 +222,9 @@ impl Broker {
                 });
                 Broker::Local(broker)
             }
-            Some(client) => Broker::Redis(redis::RedisBroker::start(
-                client.clone(),
-                config,
-                health,
-                metrics,
-            )),
+            Some(backend) => {
+                Broker::Redis(redis::RedisBroker::start(backend, config, health, metrics))
+            }
         }
     }
 
@@ -277,6 +279,7 @@ impl Broker {
     pub fn name(&self) -> &'static str {
         match self {
             Broker::Local(_) => "embedded",
+            Broker::Redis(broker) if broker.is_cluster() => "redis-cluster",
             Broker::Redis(_) => "redis",
         }
     }

@@ -6,7 +6,12 @@
 //! connection, subscribed only to rooms with local members; each [room] fans a message out
 //! once, and any gap is filled from the stream. [scripts] holds the Lua, [wire] the names
 //! and the payload. Replays read the stream a page at a time on a shared connection.
+//!
+//! On a Redis Cluster ([cluster]) the same happens per room on the node that owns its slot:
+//! publishes go out in one pipeline per node, and the room task keeps one sharded pub/sub
+//! connection per node it needs.
 
+mod cluster;
 mod presence;
 mod publisher;
 mod queue;
@@ -50,14 +55,26 @@ pub struct RedisBroker {
     tasks: AsyncMutex<Vec<JoinHandle<()>>>,
 }
 
+/// Where Redis is: one server, or a cluster learnt from its seeds.
+pub enum Backend {
+    Single(Client),
+    Cluster(Vec<Client>),
+}
+
+/// The running form of [`Backend`].
+enum Redis {
+    Single(Client),
+    Cluster(Arc<cluster::Cluster>),
+}
+
 /// What the tasks and every member share.
 struct Inner {
-    client: Client,
+    redis: Redis,
     /// To the room task.
     commands: mpsc::Sender<Command>,
     /// Publishes waiting for the publisher; bounded, so an outage holds at most so many.
     queue: HoldQueue,
-    /// For replay pages, shared by every session; connected on first use.
+    /// For replay pages, shared by every session; connected on first use (one Redis).
     reads: AsyncMutex<Option<MultiplexedConnection>>,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
@@ -111,7 +128,7 @@ pub struct Member {
 impl RedisBroker {
     /// Starts the room task and the publisher; they connect (and reconnect) on their own.
     pub fn start(
-        client: Client,
+        backend: Backend,
         config: &Config,
         health: Arc<Health>,
         metrics: Arc<Metrics>,
@@ -120,8 +137,12 @@ impl RedisBroker {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
+        let redis = match backend {
+            Backend::Single(client) => Redis::Single(client),
+            Backend::Cluster(seeds) => Redis::Cluster(Arc::new(cluster::Cluster::new(seeds))),
+        };
         let inner = Arc::new(Inner {
-            client: client.clone(),
+            redis,
             commands,
             queue: HoldQueue::new(config.publish_queue, config.publish_queue_bytes),
             reads: AsyncMutex::new(None),
@@ -146,8 +167,8 @@ impl RedisBroker {
             epochs_made: AtomicU64::new(0),
         });
         let (stop, stopped) = watch::channel(false);
-        let rooms = RoomTask::new(Arc::clone(&inner), client.clone());
-        let publisher = Publisher::new(Arc::clone(&inner), client);
+        let rooms = RoomTask::new(Arc::clone(&inner));
+        let publisher = Publisher::new(Arc::clone(&inner));
         let tasks = vec![
             tokio::spawn(rooms.run(command_queue, stopped.clone())),
             tokio::spawn(publisher.run(stopped)),
@@ -188,13 +209,17 @@ impl RedisBroker {
         }
     }
 
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.inner.redis, Redis::Cluster(_))
+    }
+
     pub fn frame_bytes(&self) -> usize {
         self.inner.frames.alive()
     }
 
     /// Who is in a room, over every instance.
     pub async fn presence(&self, room: &str, list: usize) -> Result<Members, Unavailable> {
-        let mut connection = self.inner.reader().await.map_err(|_| Unavailable)?;
+        let mut connection = self.inner.reader(room).await.map_err(|_| Unavailable)?;
         match timeout(REDIS_TIMEOUT, presence::read(&mut connection, room, list)).await {
             Ok(Ok(members)) => Ok(members),
             _ => Err(Unavailable),
@@ -241,6 +266,15 @@ impl Inner {
         format!("{}.{serial:x}", self.instance)
     }
 
+    /// How the scripts publish: sharded on a cluster, so a message goes only to the nodes
+    /// of its slot, not to every node.
+    fn publish_command(&self) -> &'static str {
+        match self.redis {
+            Redis::Single(_) => "PUBLISH",
+            Redis::Cluster(_) => "SPUBLISH",
+        }
+    }
+
     fn set_up(&self, flag: &AtomicBool, up: bool) {
         flag.store(up, Ordering::Release);
         let both =
@@ -248,15 +282,33 @@ impl Inner {
         self.health.set_broker_up(both);
     }
 
-    /// The shared connection for replay pages, connecting if there is none.
-    async fn reader(&self) -> Result<MultiplexedConnection, RedisError> {
+    /// A connection for reading `room`, connecting if there is none.
+    async fn reader(&self, room: &str) -> Result<MultiplexedConnection, RedisError> {
+        let client = match &self.redis {
+            Redis::Single(client) => client,
+            Redis::Cluster(cluster) => return cluster.connection_for(room).await,
+        };
         let mut reads = self.reads.lock().await;
         if let Some(connection) = reads.as_ref() {
             return Ok(connection.clone());
         }
-        let connection = connect(&self.client).await?;
+        let connection = connect(client).await?;
         *reads = Some(connection.clone());
         Ok(connection)
+    }
+}
+
+impl Inner {
+    /// Drops the connection a read failed on, so the next one connects afresh.
+    async fn forget_reader(&self, room: &str) {
+        match &self.redis {
+            Redis::Single(_) => *self.reads.lock().await = None,
+            Redis::Cluster(cluster) => {
+                if let Some(node) = cluster.owner(room) {
+                    cluster.forget(&node);
+                }
+            }
+        }
     }
 }
 
@@ -327,7 +379,7 @@ async fn read_page(
     if inner.pages.alive() > inner.max_backlog_bytes {
         return Err(Unavailable);
     }
-    let mut connection = inner.reader().await.map_err(|_| Unavailable)?;
+    let mut connection = inner.reader(room).await.map_err(|_| Unavailable)?;
     let read = scripts::page(
         &mut connection,
         inner,
@@ -341,7 +393,7 @@ async fn read_page(
         Ok(Ok(entries)) => entries,
         Ok(Err(error)) if !is_outage(&error) => return Err(Unavailable),
         _ => {
-            *inner.reads.lock().await = None;
+            inner.forget_reader(room).await;
             return Err(Unavailable);
         }
     };

@@ -16,7 +16,8 @@ use crate::protocol::now_ms;
 
 /// Adds a connection (and its user); announces the user's first. Returns the room's count
 /// and up to ARGV[8] users. KEYS: present, who, counts, users. ARGV: connection, expiry
-/// (ms), user id ('' for anonymous), user json, events max, channel, ttl secs, list size.
+/// (ms), user id ('' for anonymous), user json, events max, channel, ttl secs, list size,
+/// the command that publishes.
 const ARRIVE: &str = r#"#!lua
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
@@ -26,7 +27,7 @@ for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[7]) end
 local anonymous = tonumber(redis.call('HGET', KEYS[3], '') or '0')
 local count = redis.call('HLEN', KEYS[4]) + anonymous
 if ARGV[3] ~= '' and first and count <= tonumber(ARGV[5]) then
-  redis.call('PUBLISH', ARGV[6], 'P join ' .. count .. ' ' .. ARGV[1] .. ' ' .. ARGV[4])
+  redis.call(ARGV[9], ARGV[6], 'P join ' .. count .. ' ' .. ARGV[1] .. ' ' .. ARGV[4])
 end
 local listed = {}
 local scan = redis.call('HSCAN', KEYS[4], 0, 'COUNT', ARGV[8])[2]
@@ -38,7 +39,8 @@ return {count, listed}
 "#;
 
 /// Removes expired connections; announces a user whose last one it was. Returns the count.
-/// KEYS: present, who, counts, users. ARGV: now (ms), events max, channel.
+/// KEYS: present, who, counts, users. ARGV: now (ms), events max, channel, the command that
+/// publishes.
 const REAP: &str = r#"#!lua
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 256)
 for _, conn in ipairs(expired) do
@@ -52,7 +54,7 @@ for _, conn in ipairs(expired) do
       redis.call('HDEL', KEYS[4], user)
       local count = redis.call('HLEN', KEYS[4]) + tonumber(redis.call('HGET', KEYS[3], '') or '0')
       if count <= tonumber(ARGV[2]) then
-        redis.call('PUBLISH', ARGV[3], 'P leave ' .. count .. ' ' .. conn .. ' ' .. json)
+        redis.call(ARGV[4], ARGV[3], 'P leave ' .. count .. ' ' .. conn .. ' ' .. json)
       end
     end
   end
@@ -99,6 +101,7 @@ pub(super) async fn arrive(
         .arg(wire::channel(room))
         .arg(inner.room_ttl_secs)
         .arg(inner.presence_list)
+        .arg(inner.publish_command())
         .invoke_async(commands)
         .await?;
     Ok(parse_members(reply))
@@ -156,7 +159,8 @@ pub(super) fn add_reap(pipeline: &mut Pipeline, inner: &Inner, room: &str) {
         .arg(&keys.present_users)
         .arg(now_ms())
         .arg(inner.presence_events_max)
-        .arg(wire::channel(room));
+        .arg(wire::channel(room))
+        .arg(inner.publish_command());
 }
 
 /// Who is in a room, for the presence API.

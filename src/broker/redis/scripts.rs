@@ -19,16 +19,35 @@ pub(super) const GAP_ERROR: &str = "ROOMCAST_GAP";
 
 /// Assigns the next seq, appends to the bounded stream and publishes, all or nothing.
 /// Returns `{seq, epoch}`, or `{0, ""}` for a publish applied before (a retry).
-/// KEYS: seq, epoch, log, publishers, bytes, and the idempotency key of an API publish.
+/// KEYS: seq, epoch, log, publishers, bytes, the idempotency key of an API publish, and the
+/// room's origin (the replication id its last write was made under; cluster only).
 /// ARGV: the frame's prefix and suffix (around the seq), a fresh epoch, history entries,
 /// history bytes, ttl seconds, channel, instance id, this publish's number, the previous
-/// number from this room (0: none pending), and 1 when KEYS[6] is in use.
+/// number from this room (0: none pending), 1 when KEYS[6] is in use, and the command that
+/// publishes (`PUBLISH`, or `SPUBLISH` on a cluster).
 pub(super) const PUBLISH: &str = r#"#!lua
 if ARGV[11] == '1' then
   local done = redis.call('GET', KEYS[6])
   if done then
     local seq, epoch = string.match(done, '^(%d+) (.*)$')
     return {tonumber(seq), epoch}
+  end
+end
+-- Keys made here start without a TTL: set them all below.
+local fresh_keys = false
+local sharded = ARGV[12] == 'SPUBLISH'
+if sharded then
+  -- Replication is asynchronous: a replica that took over (or a master that restarted) may
+  -- lack the room's last writes and count again from a seq already sent. Either way the
+  -- replication id changed: the room starts a new epoch, unless it has no message to lose.
+  local replid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)')
+  local stamped = redis.call('GET', KEYS[7])
+  if stamped ~= replid then
+    if stamped or tonumber(redis.call('GET', KEYS[1]) or '0') > 0 then
+      redis.call('DEL', KEYS[2], KEYS[4])
+    end
+    redis.call('SET', KEYS[7], replid)
+    fresh_keys = true
   end
 end
 local last = tonumber(redis.call('HGET', KEYS[4], ARGV[8]) or '0')
@@ -38,8 +57,6 @@ if last > 0 and tonumber(ARGV[10]) > last then
   return redis.error_reply('ROOMCAST_GAP an earlier publish from this room is not applied yet')
 end
 local epoch = redis.call('GET', KEYS[2])
--- Keys made here start without a TTL: set them all below.
-local fresh_keys = false
 -- A room without an epoch is new; one that lost its seq (evicted apart) must not count
 -- from 1 again in the same epoch: both start a new one.
 if not epoch or redis.call('EXISTS', KEYS[1]) == 0 then
@@ -87,9 +104,10 @@ end
 -- Refresh the idle expiry once half of it has passed, not on every publish.
 if fresh_keys or redis.call('TTL', KEYS[4]) < tonumber(ARGV[6]) / 2 then
   for i = 1, 5 do redis.call('EXPIRE', KEYS[i], ARGV[6]) end
+  if sharded then redis.call('EXPIRE', KEYS[7], ARGV[6]) end
 end
 if ARGV[11] == '1' then redis.call('SET', KEYS[6], seq .. ' ' .. epoch, 'EX', ARGV[6]) end
-redis.call('PUBLISH', ARGV[7], seq .. ' ' .. epoch .. ' ' .. frame)
+redis.call(ARGV[12], ARGV[7], seq .. ' ' .. epoch .. ' ' .. frame)
 return {seq, epoch}
 "#;
 
@@ -141,13 +159,14 @@ pub(super) fn add_publish(pipeline: &mut Pipeline, inner: &Inner, held: &Held) {
     pipeline
         .cmd("EVALSHA")
         .arg(&inner.publish_hash)
-        .arg(6)
+        .arg(7)
         .arg(&keys.seq)
         .arg(&keys.epoch)
         .arg(&keys.log)
         .arg(&keys.publishers)
         .arg(&keys.log_bytes)
         .arg(keys.idempotency(idempotency.unwrap_or("")))
+        .arg(&keys.origin)
         .arg(&held.chat.prefix)
         .arg(&held.chat.suffix)
         .arg(inner.fresh_epoch())
@@ -158,7 +177,8 @@ pub(super) fn add_publish(pipeline: &mut Pipeline, inner: &Inner, held: &Held) {
         .arg(&inner.instance)
         .arg(held.number)
         .arg(held.previous)
-        .arg(if idempotency.is_some() { "1" } else { "0" });
+        .arg(if idempotency.is_some() { "1" } else { "0" })
+        .arg(inner.publish_command());
 }
 
 /// The seq and epoch a publish reply carries; `None` for a retry Redis had applied before

@@ -17,6 +17,8 @@ pub struct RoomKeys {
     pub publishers: String,
     /// Bytes of frames the stream holds, for the per-room byte bound.
     pub log_bytes: String,
+    /// On a cluster: the replication id of the master that made the room's last write.
+    pub origin: String,
     /// Presence: connection → when it expires (a sorted set)...
     pub present: String,
     /// ...connection → its user's id ('' for anonymous)...
@@ -43,6 +45,7 @@ impl RoomKeys {
             log: format!("{base}:log"),
             publishers: format!("{base}:publishers"),
             log_bytes: format!("{base}:bytes"),
+            origin: format!("{base}:origin"),
             present: format!("{base}:present"),
             present_who: format!("{base}:present:who"),
             present_counts: format!("{base}:present:counts"),
@@ -133,7 +136,13 @@ mod tests {
         let keys = RoomKeys::of("lobby");
         let channel = channel("lobby");
         assert_eq!(channel, "roomcast:room:{lobby}");
-        for key in [&keys.seq, &keys.epoch, &keys.log, &keys.publishers] {
+        for key in [
+            &keys.seq,
+            &keys.epoch,
+            &keys.log,
+            &keys.publishers,
+            &keys.origin,
+        ] {
             assert!(key.starts_with(&channel), "{key}");
         }
         assert_eq!(room_of(&channel), Some("lobby"));

@@ -7,19 +7,24 @@
 //! - any other error reply: reported to its sender at once;
 //! - no answer (connection lost, timeout): everything is held and retried on a new
 //!   connection, and readiness turns 503 until one is up.
+//!
+//! On a cluster ([sharded]) each node gets its own pipeline, and a redirection (`MOVED`,
+//! `ASK`, `CLUSTERDOWN`) sends the publish again once the slot table is fresh.
+
+mod sharded;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
-use redis::{Client, RedisError, RedisResult, Value};
+use redis::{RedisError, RedisResult, Value};
 use serde_json::json;
 use tokio::sync::watch;
 use tokio::time::{sleep, timeout};
 
 use super::queue::Held;
 use super::scripts::{self, PUBLISH};
-use super::{Inner, REDIS_TIMEOUT, connect, next_backoff, stopping};
+use super::{Inner, REDIS_TIMEOUT, Redis, connect, next_backoff, stopping};
 use crate::broker::Unavailable;
 use crate::log;
 
@@ -41,14 +46,18 @@ enum Outcome {
     Failed,
     /// The script is not loaded on this server.
     NoScript,
+    /// On a cluster: the slot is elsewhere, or has no master for now. Sent again, with no
+    /// deadline (like a lost connection), once the slot table is fresh.
+    Reroute,
 }
 
-fn outcome(reply: &RedisResult<Value>) -> Outcome {
+fn outcome(reply: &RedisResult<Value>, sharded: bool) -> Outcome {
     let Err(error) = reply else {
         return Outcome::Applied;
     };
     match error.code() {
         Some("NOSCRIPT") => Outcome::NoScript,
+        Some("MOVED" | "ASK" | "CLUSTERDOWN") if sharded => Outcome::Reroute,
         Some(
             "OOM"
             | "BUSY"
@@ -67,15 +76,31 @@ fn outcome(reply: &RedisResult<Value>) -> Outcome {
 /// Sends held publishes to Redis in queue order, room by room in turn.
 pub(super) struct Publisher {
     inner: Arc<Inner>,
-    client: Client,
+}
+
+/// What a batch's replies ask of the publisher.
+#[derive(Default)]
+struct Settled {
+    /// The script must be loaded first.
+    needs_script: bool,
+    /// The slot table is stale.
+    rerouted: bool,
 }
 
 impl Publisher {
-    pub(super) fn new(inner: Arc<Inner>, client: Client) -> Publisher {
-        Publisher { inner, client }
+    pub(super) fn new(inner: Arc<Inner>) -> Publisher {
+        Publisher { inner }
     }
 
-    pub(super) async fn run(self, mut stopped: watch::Receiver<bool>) {
+    pub(super) async fn run(self, stopped: watch::Receiver<bool>) {
+        let client = match &self.inner.redis {
+            Redis::Single(client) => client.clone(),
+            Redis::Cluster(cluster) => {
+                let cluster = Arc::clone(cluster);
+                return self.run_sharded(cluster, stopped).await;
+            }
+        };
+        let mut stopped = stopped;
         let queue = &self.inner.queue;
         let mut connection: Option<MultiplexedConnection> = None;
         let mut backoff = Duration::ZERO;
@@ -91,7 +116,7 @@ impl Publisher {
             }
             // Connected eagerly, not at the first publish: readiness waits for this.
             let Some(live) = connection.as_mut() else {
-                match connect(&self.client).await {
+                match connect(&client).await {
                     Ok(fresh) => {
                         connection = Some(fresh);
                         self.inner.set_up(&self.inner.publisher_up, true);
@@ -132,7 +157,10 @@ impl Publisher {
                 }
             };
             backoff = Duration::ZERO;
-            if self.settle(batch, &replies, &mut error_streak) {
+            error_streak.retrying = false;
+            let settled = self.settle(batch, &replies, &mut error_streak);
+            error_streak.end_turn(&settled);
+            if settled.needs_script {
                 let mut load = redis::cmd("SCRIPT");
                 load.arg("LOAD").arg(PUBLISH);
                 if load.query_async::<String>(live).await.is_err() {
@@ -147,26 +175,27 @@ impl Publisher {
         }
     }
 
-    /// Acts on each reply; returns true when the script must be loaded first.
+    /// Acts on each reply; `streak` gathers the error replies of one turn (of every node's
+    /// pipeline, on a cluster).
     fn settle(
         &self,
         batch: Vec<Held>,
         replies: &[RedisResult<Value>],
         streak: &mut ErrorStreak,
-    ) -> bool {
+    ) -> Settled {
         let queue = &self.inner.queue;
+        let sharded = matches!(self.inner.redis, Redis::Cluster(_));
         let mut returned: Vec<Held> = Vec::new();
         let mut given_up: Vec<Held> = Vec::new();
         let mut blocked_rooms: Vec<Arc<str>> = Vec::new();
-        let mut needs_script = false;
-        streak.retrying = false;
+        let mut settled = Settled::default();
         for (held, reply) in batch.into_iter().zip(replies) {
             // After a refusal, the room's later publishes wait their turn behind it.
             if blocked_rooms.contains(&held.room) {
                 returned.push(held);
                 continue;
             }
-            let outcome = outcome(reply);
+            let outcome = outcome(reply, sharded);
             match outcome {
                 Outcome::Applied => {
                     queue.settle(&held, true);
@@ -176,11 +205,15 @@ impl Publisher {
                 }
                 // Redis forgot the script (a restart, or our first publish): loaded and
                 // sent again at once, which is no refusal worth a word.
-                Outcome::NoScript => needs_script = true,
+                Outcome::NoScript => settled.needs_script = true,
                 Outcome::Retry => streak.retrying = true,
+                Outcome::Reroute => {
+                    settled.rerouted = true;
+                    streak.retrying = true;
+                }
                 Outcome::Failed => {}
             }
-            if outcome != Outcome::NoScript {
+            if !matches!(outcome, Outcome::NoScript | Outcome::Reroute) {
                 streak.note(reply.as_ref().err());
             }
             let mut held = held;
@@ -212,10 +245,7 @@ impl Publisher {
             queue.settle(&held, false);
             held.origin.settle(Err(Unavailable));
         }
-        if !streak.retrying && !needs_script {
-            streak.end();
-        }
-        needs_script
+        settled
     }
 
     /// One pipeline of publish scripts, in batch order, with a reply for each.
@@ -256,6 +286,13 @@ impl ErrorStreak {
         }
     }
 
+    /// After a turn's replies are settled: the streak ends with the first turn with none.
+    fn end_turn(&mut self, settled: &Settled) {
+        if !self.retrying && !settled.needs_script {
+            self.end();
+        }
+    }
+
     fn end(&mut self) {
         if self.first.take().is_some() {
             log::info(
@@ -282,6 +319,7 @@ mod tests {
 
     #[test]
     fn replies_are_sorted_into_what_to_do() {
+        let outcome = |reply: &RedisResult<Value>| outcome(reply, false);
         assert_eq!(outcome(&Ok(Value::Int(7))), Outcome::Applied);
         assert_eq!(outcome(&Ok(Value::Int(0))), Outcome::Applied);
         assert_eq!(outcome(&server_error("OOM used memory")), Outcome::Retry);
@@ -293,5 +331,12 @@ mod tests {
         );
         assert_eq!(outcome(&server_error("NOSCRIPT load")), Outcome::NoScript);
         assert_eq!(outcome(&server_error("WRONGTYPE bad key")), Outcome::Failed);
+        let moved = server_error("MOVED 3999 127.0.0.1:6381");
+        assert_eq!(
+            outcome(&moved),
+            Outcome::Failed,
+            "one Redis never moves a slot"
+        );
+        assert_eq!(super::outcome(&moved, true), Outcome::Reroute);
     }
 }

@@ -3,31 +3,34 @@
 //! One task owns every room of the instance, so members are added, fed and removed in one
 //! order without locks. Only rooms with local members are subscribed. A message that skips
 //! seqs, or comes from a new epoch, is preceded by what was missed, read from the stream a
-//! page at a time; after a reconnect every room catches up the same way.
+//! page at a time; after a reconnect every room catches up the same way. On a cluster a
+//! room whose subscription ended (see [link]) is subscribed again where its slot now is, and
+//! catches up the same way too, while the other rooms carry on.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
-use redis::{Client, RedisError};
+use redis::RedisError;
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
-use tokio::time::{Instant, interval, sleep, timeout};
+use tokio::time::{Instant, interval, sleep};
 
 use super::presence;
 use super::room::{self, Arrival, Room};
 use super::scripts::{self, RoomState};
 use super::wire::{self, Payload, Published};
-use super::{Command, Inner, Member, REDIS_TIMEOUT, connect, is_outage, next_backoff, stopping};
+use super::{Command, Inner, Member, Redis, is_outage, next_backoff, stopping};
 use crate::broker::{
     MemberHandle, Members, Membership, PAGE_BYTES, PAGE_FRAMES, Resume, Unavailable, Visitor,
     plan_replay,
 };
 use crate::log;
 
+mod link;
 mod upkeep;
+
+use link::{Incoming, Link};
 
 /// How often the room task drops closed members and pings the pub/sub connection.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -35,11 +38,12 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 const REAP_EVERY: u64 = 2;
 /// A Redis connection that lasted this long was not flapping.
 const STABLE_AFTER: Duration = Duration::from_secs(5);
+/// How often a cluster's stranded rooms are tried again.
+const RESETTLE_EVERY: Duration = Duration::from_millis(250);
 
 /// Owns the pub/sub connection and the local members of every room.
 pub(super) struct RoomTask {
     inner: Arc<Inner>,
-    client: Client,
     rooms: HashMap<Arc<str>, Room>,
     /// Sweeps so far, which times the presence upkeep.
     sweeps: u64,
@@ -53,13 +57,6 @@ pub(super) struct RoomTask {
 /// Each room's count after a reap.
 type Reaped = Vec<(Arc<str>, u64)>;
 
-/// The live connections of the room task.
-struct Link {
-    sink: PubSubSink,
-    messages: PubSubStream,
-    commands: MultiplexedConnection,
-}
-
 /// Why serving stopped.
 enum Served {
     Stopped,
@@ -67,11 +64,10 @@ enum Served {
 }
 
 impl RoomTask {
-    pub(super) fn new(inner: Arc<Inner>, client: Client) -> RoomTask {
+    pub(super) fn new(inner: Arc<Inner>) -> RoomTask {
         let (reaped_sender, reaped) = mpsc::channel(1);
         RoomTask {
             inner,
-            client,
             rooms: HashMap::new(),
             sweeps: 0,
             reaped,
@@ -147,24 +143,49 @@ impl RoomTask {
 
     /// Connects, resubscribes every room and fills what each missed while away.
     async fn connect(&mut self) -> Result<Link, RedisError> {
-        let pubsub = timeout(REDIS_TIMEOUT, self.client.get_async_pubsub())
-            .await
-            .map_err(|_| RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)))??;
-        let (sink, messages) = pubsub.split();
-        let commands = connect(&self.client).await?;
-        let mut link = Link {
-            sink,
-            messages,
-            commands,
+        let mut link = match &self.inner.redis {
+            Redis::Single(client) => Link::single(client).await?,
+            Redis::Cluster(cluster) => Link::sharded(Arc::clone(cluster)).await?,
         };
         let names: Vec<Arc<str>> = self.rooms.keys().cloned().collect();
         for name in names {
-            subscribe(&mut link.sink, &name).await?;
-            let state = scripts::room_state(&mut link.commands, &self.inner, &name).await?;
-            self.catch_up(&mut link, &name, &state.epoch, state.seq)
-                .await?;
+            self.settle_room(&mut link, &name).await?;
         }
         Ok(link)
+    }
+
+    /// Subscribes a room with members here and brings it up to date from its stream.
+    async fn settle_room(&mut self, link: &mut Link, name: &Arc<str>) -> Result<(), RedisError> {
+        link.subscribe(name).await?;
+        let mut commands = link.commands(name).await?;
+        let state = scripts::room_state(&mut commands, &self.inner, name).await?;
+        self.catch_up(link, name, &state.epoch, state.seq).await
+    }
+
+    /// On a cluster: learns the slot table again, strands the rooms whose slot moved, and
+    /// settles every stranded room where its slot now is. One that fails stays stranded for
+    /// the next turn; meanwhile `/readyz` says the instance is not whole.
+    async fn resettle(&mut self, link: &mut Link) {
+        let Some(sharded) = link.sharded_mut() else {
+            return;
+        };
+        let _ = sharded.refresh().await;
+        sharded.follow_table().await;
+        for name in sharded.take_stranded() {
+            if !self.rooms.contains_key(&name) {
+                continue;
+            }
+            if let Err(error) = self.settle_room(link, &name).await {
+                log::debug(
+                    "redis cluster room not settled yet",
+                    json!({ "room": &*name, "error": log::cut(&error.to_string()) }),
+                );
+                if let Some(sharded) = link.sharded_mut() {
+                    sharded.strand(name);
+                }
+            }
+        }
+        self.inner.set_up(&self.inner.pubsub_up, link.is_whole());
     }
 
     /// While Redis is away: wait out the backoff, refusing joins and taking leaves.
@@ -199,6 +220,8 @@ impl RoomTask {
         stopped: &mut watch::Receiver<bool>,
     ) -> Served {
         let mut sweep = interval(SWEEP_EVERY);
+        let mut resettle = interval(RESETTLE_EVERY);
+        let sharded = matches!(self.inner.redis, Redis::Cluster(_));
         loop {
             let result = tokio::select! {
                 _ = stopping(stopped) => return self.depart_all(link).await,
@@ -224,11 +247,25 @@ impl RoomTask {
                     Some(Command::Leave { room, id }) => self.leave(link, &room, id).await,
                     None => return self.depart_all(link).await,
                 },
-                message = link.messages.next() => match message {
-                    Some(message) => self.on_message(link, &message).await,
-                    None => return Served::Lost("pub/sub connection closed".into()),
+                incoming = link.next() => match incoming {
+                    Incoming::Message(message) => {
+                        let channel = message.get_channel_name();
+                        self.on_message(link, channel, message.get_payload_bytes()).await
+                    }
+                    Incoming::Shard { channel, payload } => {
+                        self.on_message(link, &channel, &payload).await
+                    }
+                    Incoming::Handled => {
+                        self.inner.set_up(&self.inner.pubsub_up, link.is_whole());
+                        Ok(())
+                    }
+                    Incoming::Closed => return Served::Lost("pub/sub connection closed".into()),
                 },
                 _ = sweep.tick() => self.sweep(link).await,
+                _ = resettle.tick(), if sharded && link.needs_resettle() => {
+                    self.resettle(link).await;
+                    Ok(())
+                }
                 Some(counts) = self.reaped.recv() => {
                     self.announce_counts(counts);
                     Ok(())
@@ -238,10 +275,21 @@ impl RoomTask {
                 Ok(()) => {}
                 Err(error) if !is_outage(&error) => {
                     // A refused read (a script error, memory): the room catches up later.
+                    // On a cluster, a redirection means the table is stale: the next
+                    // sweep learns it again.
+                    if let Some(link) = link.sharded_mut()
+                        && matches!(error.code(), Some("MOVED" | "ASK"))
+                    {
+                        link.mark_stale();
+                    }
                     log::debug(
                         "redis refused a read",
                         json!({ "error": log::cut(&error.to_string()) }),
                     );
+                }
+                // A cluster node lost strands its rooms and the rest carry on.
+                Err(_) if sharded => {
+                    self.inner.set_up(&self.inner.pubsub_up, link.is_whole());
                 }
                 Err(error) => return Served::Lost(error.to_string()),
             }
@@ -258,9 +306,10 @@ impl RoomTask {
     ) -> Result<Membership, RedisError> {
         let name: Arc<str> = Arc::from(name);
         if !self.rooms.contains_key(&name) {
-            subscribe(&mut link.sink, &name).await?;
+            link.subscribe(&name).await?;
         }
-        let state = match scripts::room_state(&mut link.commands, &self.inner, &name).await {
+        let mut commands = link.commands(&name).await?;
+        let state = match scripts::room_state(&mut commands, &self.inner, &name).await {
             Ok(state) => state,
             Err(error) => {
                 self.unsubscribe_if_empty(link, &name).await?;
@@ -283,8 +332,7 @@ impl RoomTask {
         self.inner.metrics.rooms_now(self.rooms.len());
         let user = visitor.as_ref().map(|v| (v.id.as_str(), &*v.user));
         // Presence is not worth refusing a join for: without it the count is just unknown.
-        let members = match presence::arrive(&mut link.commands, &self.inner, &name, id, user).await
-        {
+        let members = match presence::arrive(&mut commands, &self.inner, &name, id, user).await {
             Ok(members) => members,
             Err(error) if is_outage(&error) => return Err(error),
             Err(_) => Members::default(),
@@ -312,7 +360,9 @@ impl RoomTask {
         self.forget(room, id);
         let mut pipeline = redis::pipe();
         presence::add_depart(&mut pipeline, &self.inner, room, id);
-        pipeline.query_async::<()>(&mut link.commands).await?;
+        pipeline
+            .query_async::<()>(&mut link.commands(room).await?)
+            .await?;
         self.unsubscribe_if_empty(link, room).await
     }
 
@@ -328,7 +378,7 @@ impl RoomTask {
         {
             self.rooms.remove(room);
             self.inner.metrics.rooms_now(self.rooms.len());
-            unsubscribe(&mut link.sink, room).await?;
+            link.unsubscribe(room).await?;
         }
         Ok(())
     }
@@ -336,15 +386,16 @@ impl RoomTask {
     async fn on_message(
         &mut self,
         link: &mut Link,
-        message: &redis::Msg,
+        channel: &str,
+        payload: &[u8],
     ) -> Result<(), RedisError> {
-        let Some(name) = wire::room_of(message.get_channel_name()) else {
+        let Some(name) = wire::room_of(channel) else {
             return Ok(());
         };
         let Some(room) = self.rooms.get(name) else {
             return Ok(());
         };
-        let Ok(payload) = std::str::from_utf8(message.get_payload_bytes()) else {
+        let Ok(payload) = std::str::from_utf8(payload) else {
             return Ok(());
         };
         let (seq, epoch, frame) = match Payload::parse(payload) {
@@ -397,6 +448,7 @@ impl RoomTask {
         epoch: &str,
         until: u64,
     ) -> Result<(), RedisError> {
+        let mut commands = link.commands(name).await?;
         loop {
             let Some(room) = self.rooms.get_mut(name) else {
                 return Ok(());
@@ -409,7 +461,7 @@ impl RoomTask {
             }
             let (after, limits) = (room.delivered, (PAGE_FRAMES, PAGE_BYTES));
             let page = scripts::page(
-                &mut link.commands,
+                &mut commands,
                 &self.inner,
                 name,
                 epoch,
@@ -431,19 +483,5 @@ impl RoomTask {
                 Some(page) => room.absorb(page, &self.inner.metrics),
             }
         }
-    }
-}
-
-async fn subscribe(sink: &mut PubSubSink, room: &str) -> Result<(), RedisError> {
-    match timeout(REDIS_TIMEOUT, sink.subscribe(wire::channel(room))).await {
-        Ok(result) => result,
-        Err(_) => Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()),
-    }
-}
-
-async fn unsubscribe(sink: &mut PubSubSink, room: &str) -> Result<(), RedisError> {
-    match timeout(REDIS_TIMEOUT, sink.unsubscribe(wire::channel(room))).await {
-        Ok(result) => result,
-        Err(_) => Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()),
     }
 }

@@ -1,0 +1,374 @@
+//! The room task's connections: to one Redis, a pub/sub connection and a command connection;
+//! to a cluster, a sharded pub/sub connection per node that owns a subscribed room, and the
+//! cluster's command connections. A cluster room whose subscription ended (its slot moved,
+//! its node went away) is *stranded* until the room task subscribes it again where its slot
+//! now is.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
+use redis::{Client, RedisError, RedisResult, Value};
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+use crate::broker::redis::cluster::shard::{ShardEvent, ShardLink};
+use crate::broker::redis::cluster::{Cluster, SlotMap, no_owner};
+use crate::broker::redis::{REDIS_TIMEOUT, connect, wire};
+
+/// Shard events waiting for the room task; past this, each node's reader waits, and Redis
+/// holds (and past its own limit cuts) the connection.
+const SHARD_EVENTS: usize = 1024;
+
+pub(super) enum Link {
+    Single(Single),
+    Sharded(Sharded),
+}
+
+pub(super) struct Single {
+    sink: PubSubSink,
+    messages: PubSubStream,
+    commands: MultiplexedConnection,
+}
+
+pub(super) struct Sharded {
+    cluster: Arc<Cluster>,
+    shards: HashMap<Arc<str>, ShardLink>,
+    /// Each subscribed room, and the node it is subscribed on.
+    subscribed: HashMap<Arc<str>, Arc<str>>,
+    /// Rooms with members here and no subscription, to subscribe again.
+    stranded: Vec<Arc<str>>,
+    /// Whether the last refresh of the slot table worked and found every slot served.
+    table_ok: bool,
+    /// A node redirected a command, or it is time to look: learn the table again.
+    stale: bool,
+    /// From every node's reader; the senders are clones of `events_sender`.
+    events: mpsc::Receiver<ShardEvent>,
+    events_sender: mpsc::Sender<ShardEvent>,
+    /// Numbers each node connection, so a late report from a replaced one is ignored.
+    serials: u64,
+}
+
+/// What came in on pub/sub.
+pub(super) enum Incoming {
+    Message(redis::Msg),
+    Shard {
+        channel: String,
+        payload: Vec<u8>,
+    },
+    /// Something the link took care of itself (a room stranded, say).
+    Handled,
+    /// The one pub/sub connection closed.
+    Closed,
+}
+
+impl Link {
+    pub(super) async fn single(client: &Client) -> RedisResult<Link> {
+        let pubsub = timeout(REDIS_TIMEOUT, client.get_async_pubsub())
+            .await
+            .map_err(|_| timed_out())??;
+        let (sink, messages) = pubsub.split();
+        let commands = connect(client).await?;
+        Ok(Link::Single(Single {
+            sink,
+            messages,
+            commands,
+        }))
+    }
+
+    /// Learns the slot table; nodes are connected as rooms need them.
+    pub(super) async fn sharded(cluster: Arc<Cluster>) -> RedisResult<Link> {
+        let table_ok = cluster.refresh().await?.is_complete();
+        let (events_sender, events) = mpsc::channel(SHARD_EVENTS);
+        Ok(Link::Sharded(Sharded {
+            cluster,
+            shards: HashMap::new(),
+            subscribed: HashMap::new(),
+            stranded: Vec::new(),
+            table_ok,
+            stale: false,
+            events,
+            events_sender,
+            serials: 0,
+        }))
+    }
+
+    /// Subscribes `room`, once its node confirms.
+    pub(super) async fn subscribe(&mut self, room: &Arc<str>) -> RedisResult<()> {
+        match self {
+            Link::Single(link) => {
+                let subscribe = link.sink.subscribe(wire::channel(room));
+                timeout(REDIS_TIMEOUT, subscribe)
+                    .await
+                    .map_err(|_| timed_out())?
+            }
+            Link::Sharded(link) => link.subscribe(room).await,
+        }
+    }
+
+    pub(super) async fn unsubscribe(&mut self, room: &str) -> RedisResult<()> {
+        match self {
+            Link::Single(link) => {
+                let unsubscribe = link.sink.unsubscribe(wire::channel(room));
+                timeout(REDIS_TIMEOUT, unsubscribe)
+                    .await
+                    .map_err(|_| timed_out())?
+            }
+            Link::Sharded(link) => {
+                link.unsubscribe(room).await;
+                Ok(())
+            }
+        }
+    }
+
+    /// A command connection for `room`'s keys.
+    pub(super) async fn commands(&self, room: &str) -> RedisResult<MultiplexedConnection> {
+        match self {
+            Link::Single(link) => Ok(link.commands.clone()),
+            Link::Sharded(link) => link.cluster.connection_for(room).await,
+        }
+    }
+
+    /// `rooms` grouped by the connection their keys are on (one group with one Redis);
+    /// rooms of a node that cannot be reached now are left out.
+    pub(super) async fn by_node(
+        &self,
+        rooms: Vec<Arc<str>>,
+    ) -> Vec<(MultiplexedConnection, Vec<Arc<str>>)> {
+        let link = match self {
+            Link::Single(link) => return vec![(link.commands.clone(), rooms)],
+            Link::Sharded(link) => link,
+        };
+        let groups = link.cluster.by_owner(rooms, |room| room);
+        let mut connected = Vec::new();
+        for (node, group) in groups {
+            let Some(node) = node else { continue };
+            if let Ok(connection) = link.cluster.connection(&node).await {
+                connected.push((connection, group));
+            }
+        }
+        connected
+    }
+
+    pub(super) async fn next(&mut self) -> Incoming {
+        match self {
+            Link::Single(link) => match link.messages.next().await {
+                Some(message) => Incoming::Message(message),
+                None => Incoming::Closed,
+            },
+            Link::Sharded(link) => match link.events.recv().await {
+                Some(ShardEvent::Message { channel, payload }) => {
+                    Incoming::Shard { channel, payload }
+                }
+                Some(ShardEvent::Dropped { node, channel }) => {
+                    link.dropped(&node, &channel);
+                    Incoming::Handled
+                }
+                Some(ShardEvent::Lost { node, serial }) => {
+                    if link
+                        .shards
+                        .get(&node)
+                        .is_some_and(|shard| shard.serial == serial)
+                    {
+                        link.lose_node(&node);
+                    }
+                    Incoming::Handled
+                }
+                None => Incoming::Closed,
+            },
+        }
+    }
+
+    /// Checks every connection is alive; on a cluster a silent node strands its rooms
+    /// rather than failing the link.
+    pub(super) async fn ping(&mut self) -> RedisResult<()> {
+        match self {
+            Link::Single(link) => timeout(REDIS_TIMEOUT, link.sink.ping::<Value>())
+                .await
+                .map_err(|_| timed_out())?
+                .map(drop),
+            Link::Sharded(link) => {
+                link.ping_all().await;
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether pub/sub covers every room (always, with one Redis while connected).
+    pub(super) fn is_whole(&self) -> bool {
+        match self {
+            Link::Single(_) => true,
+            Link::Sharded(link) => link.stranded.is_empty() && link.table_ok,
+        }
+    }
+
+    /// Whether the room task should look at the slot table and its stranded rooms.
+    pub(super) fn needs_resettle(&self) -> bool {
+        match self {
+            Link::Single(_) => false,
+            Link::Sharded(link) => link.stale || !link.stranded.is_empty() || !link.table_ok,
+        }
+    }
+
+    pub(super) fn sharded_mut(&mut self) -> Option<&mut Sharded> {
+        match self {
+            Link::Single(_) => None,
+            Link::Sharded(link) => Some(link),
+        }
+    }
+}
+
+impl Sharded {
+    async fn subscribe(&mut self, room: &Arc<str>) -> RedisResult<()> {
+        let channel = wire::channel(room);
+        // A stale table is found out by a MOVED refusal: learn the new one and go again.
+        for first_try in [true, false] {
+            let owner = match self.cluster.owner(room) {
+                Some(owner) => owner,
+                None => {
+                    self.refresh().await?;
+                    self.cluster.owner(room).ok_or_else(no_owner)?
+                }
+            };
+            let shard = self.shard(&owner).await?;
+            match shard.subscribe(&channel).await {
+                Ok(Ok(())) => {
+                    self.subscribed.insert(Arc::clone(room), owner);
+                    self.stranded.retain(|stranded| stranded != room);
+                    return Ok(());
+                }
+                Ok(Err(refusal)) if first_try && refusal.starts_with("MOVED") => {
+                    self.refresh().await?;
+                }
+                Ok(Err(refusal)) => {
+                    let (code, detail) = refusal.split_once(' ').unwrap_or((&refusal, ""));
+                    return Err(redis::make_extension_error(
+                        code.into(),
+                        Some(detail.into()),
+                    ));
+                }
+                Err(error) => {
+                    self.lose_node(&owner);
+                    return Err(error.into());
+                }
+            }
+        }
+        Err(no_owner())
+    }
+
+    async fn unsubscribe(&mut self, room: &str) {
+        self.stranded.retain(|stranded| &**stranded != room);
+        let Some(node) = self.subscribed.remove(room) else {
+            return;
+        };
+        let Some(shard) = self.shards.get_mut(&node) else {
+            return;
+        };
+        if shard.unsubscribe(&wire::channel(room)).await.is_err() {
+            self.lose_node(&node);
+        }
+    }
+
+    /// The pub/sub connection to `node`, opening it if there is none.
+    async fn shard(&mut self, node: &Arc<str>) -> RedisResult<&mut ShardLink> {
+        if !self.shards.contains_key(node) {
+            // A node being reconnected is not waited for: its rooms stay stranded meanwhile.
+            if self.cluster.is_down(node) {
+                return Err(std::io::Error::from(std::io::ErrorKind::NotConnected).into());
+            }
+            self.serials += 1;
+            let client = self.cluster.client(node)?;
+            let events = self.events_sender.clone();
+            let info = client.get_connection_info();
+            let shard = ShardLink::open(Arc::clone(node), info, self.serials, events).await;
+            let shard = shard.inspect_err(|_| self.cluster.forget(node))?;
+            self.shards.insert(Arc::clone(node), shard);
+        }
+        Ok(self.shards.get_mut(node).expect("inserted above"))
+    }
+
+    /// Learns the slot table again, noting whether every slot has a master.
+    pub(super) async fn refresh(&mut self) -> RedisResult<Arc<SlotMap>> {
+        let refreshed = self.cluster.refresh().await;
+        self.table_ok = refreshed.as_ref().is_ok_and(|map| map.is_complete());
+        self.stale = false;
+        refreshed
+    }
+
+    pub(super) fn mark_stale(&mut self) {
+        self.stale = true;
+    }
+
+    /// Strands every subscribed room whose slot the table now puts on another node, after
+    /// a refresh: a slot that moved without a word still reaches its rooms.
+    pub(super) async fn follow_table(&mut self) {
+        let moved: Vec<Arc<str>> = self
+            .subscribed
+            .iter()
+            .filter(|(room, node)| self.cluster.owner(room).as_ref() != Some(*node))
+            .map(|(room, _)| Arc::clone(room))
+            .collect();
+        for room in moved {
+            self.unsubscribe(&room).await;
+            self.stranded.push(room);
+        }
+    }
+
+    /// The rooms to subscribe again, taken.
+    pub(super) fn take_stranded(&mut self) -> Vec<Arc<str>> {
+        std::mem::take(&mut self.stranded)
+    }
+
+    pub(super) fn strand(&mut self, room: Arc<str>) {
+        if !self.stranded.contains(&room) {
+            self.stranded.push(room);
+        }
+    }
+
+    /// The node gave up a channel: its room is subscribed again where its slot went.
+    fn dropped(&mut self, node: &Arc<str>, channel: &str) {
+        let Some(room) = wire::room_of(channel) else {
+            return;
+        };
+        if self.subscribed.get(room) == Some(node) {
+            let (room, _) = self.subscribed.remove_entry(room).expect("checked above");
+            self.strand(room);
+        }
+    }
+
+    fn lose_node(&mut self, node: &Arc<str>) {
+        self.shards.remove(node);
+        self.cluster.forget(node);
+        let lost: Vec<Arc<str>> = self
+            .subscribed
+            .iter()
+            .filter(|(_, on)| *on == node)
+            .map(|(room, _)| Arc::clone(room))
+            .collect();
+        for room in lost {
+            self.subscribed.remove(&room);
+            self.strand(room);
+        }
+    }
+
+    /// Pings every node with subscribed rooms, and closes the connections of the others.
+    async fn ping_all(&mut self) {
+        let nodes: Vec<Arc<str>> = self.shards.keys().cloned().collect();
+        for node in nodes {
+            let in_use = self.subscribed.values().any(|on| *on == node);
+            let Some(shard) = self.shards.get_mut(&node) else {
+                continue;
+            };
+            if !in_use {
+                self.shards.remove(&node);
+            } else if shard.ping().await.is_err() {
+                self.lose_node(&node);
+            }
+        }
+    }
+}
+
+fn timed_out() -> RedisError {
+    std::io::Error::from(std::io::ErrorKind::TimedOut).into()
+}
