@@ -311,3 +311,81 @@ async fn read_bulk(
 fn malformed() -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, "a malformed pub/sub reply")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn array(parts: &[&str]) -> Resp {
+        Resp::Array(parts.iter().map(|part| part.as_bytes().to_vec()).collect())
+    }
+
+    fn subscribing(pending: &Pending, channel: &str) -> oneshot::Receiver<Result<(), String>> {
+        let (confirmed, confirmation) = oneshot::channel();
+        let sent = Sent::Subscribe(channel.into(), confirmed);
+        pending.lock().unwrap().push_back(sent);
+        confirmation
+    }
+
+    #[test]
+    fn replies_answer_their_commands_in_order() {
+        let node: Arc<str> = Arc::from("10.0.0.1:7000");
+        let pending: Pending = Arc::default();
+        let mut first = subscribing(&pending, "roomcast:room:{a}");
+        let mut second = subscribing(&pending, "roomcast:room:{b}");
+        let reply = take_reply(
+            array(&["ssubscribe", "roomcast:room:{a}", "1"]),
+            &node,
+            &pending,
+        );
+        assert!(reply.is_none());
+        assert_eq!(first.try_recv(), Ok(Ok(())));
+        // A message may come between a command and its reply.
+        let message = take_reply(
+            array(&["smessage", "roomcast:room:{a}", "1 e x"]),
+            &node,
+            &pending,
+        );
+        assert!(
+            matches!(message, Some(Ok(ShardEvent::Message { payload, .. })) if payload == b"1 e x")
+        );
+        let moved = Resp::Error("MOVED 3300 10.0.0.2:7000".into());
+        assert!(take_reply(moved, &node, &pending).is_none());
+        assert_eq!(
+            second.try_recv(),
+            Ok(Err("MOVED 3300 10.0.0.2:7000".into()))
+        );
+        pending.lock().unwrap().push_back(Sent::Ping);
+        assert!(take_reply(array(&["pong", ""]), &node, &pending).is_none());
+        assert!(pending.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_unasked_sunsubscribe_means_the_slot_moved() {
+        let node: Arc<str> = Arc::from("10.0.0.1:7000");
+        let pending: Pending = Arc::default();
+        pending
+            .lock()
+            .unwrap()
+            .push_back(Sent::Unsubscribe("roomcast:room:{b}".into()));
+        let asked = take_reply(
+            array(&["sunsubscribe", "roomcast:room:{b}", "0"]),
+            &node,
+            &pending,
+        );
+        assert!(asked.is_none(), "the answer to our own SUNSUBSCRIBE");
+        let unasked = take_reply(
+            array(&["sunsubscribe", "roomcast:room:{a}", "0"]),
+            &node,
+            &pending,
+        );
+        assert!(
+            matches!(unasked, Some(Ok(ShardEvent::Dropped { channel, .. })) if channel == "roomcast:room:{a}")
+        );
+        // A reply that answers nothing sent: the connection is given up.
+        assert!(matches!(
+            take_reply(array(&["pong", ""]), &node, &pending),
+            Some(Err(()))
+        ));
+    }
+}
