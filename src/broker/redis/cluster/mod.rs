@@ -64,7 +64,7 @@ impl Cluster {
         self.map()?.owner(slot).cloned()
     }
 
-    /// Asks the known masters, then the seeds, for the slot table; the first answer wins.
+    /// Asks the known nodes, then the seeds, for the slot table; the first answer wins.
     pub(super) async fn refresh(self: &Arc<Self>) -> RedisResult<Arc<SlotMap>> {
         let mut refreshed = self.refreshed.lock().await;
         if let (Some(at), Some(map)) = (*refreshed, self.map())
@@ -72,7 +72,11 @@ impl Cluster {
         {
             return Ok(map);
         }
-        let known = self.map().map(|map| map.masters()).unwrap_or_default();
+        // Masters first; a replica may have taken over from one that is gone.
+        let known = self
+            .map()
+            .map(|map| [map.masters(), map.replicas().to_vec()].concat())
+            .unwrap_or_default();
         let seeds = self
             .seeds
             .iter()

@@ -38,6 +38,8 @@ fn crc16(bytes: &[u8]) -> u16 {
 #[derive(Debug, Clone)]
 pub struct SlotMap {
     owners: Vec<Option<Arc<str>>>,
+    /// Their replicas, which a later refresh may ask too: one may be a master by then.
+    replicas: Vec<Arc<str>>,
 }
 
 impl SlotMap {
@@ -48,6 +50,7 @@ impl SlotMap {
             return None;
         };
         let mut owners = vec![None; SLOTS];
+        let mut replicas = Vec::new();
         for range in ranges {
             let Value::Array(fields) = range else {
                 return None;
@@ -55,22 +58,18 @@ impl SlotMap {
             let mut fields = fields.into_iter();
             let start: usize = redis::from_redis_value(fields.next()?).ok()?;
             let end: usize = redis::from_redis_value(fields.next()?).ok()?;
-            let Value::Array(master) = fields.next()? else {
-                return None;
-            };
-            let mut master = master.into_iter();
-            let host: String = redis::from_redis_value(master.next()?).ok()?;
-            let port: u16 = redis::from_redis_value(master.next()?).ok()?;
-            let host = match host.as_str() {
-                "" | "?" => asked.rsplit_once(':')?.0.to_string(),
-                _ => host,
-            };
-            let address: Arc<str> = Arc::from(format!("{host}:{port}"));
+            let address = node_address(fields.next()?, asked)?;
             for owner in owners.get_mut(start..=end)? {
                 *owner = Some(Arc::clone(&address));
             }
+            for replica in fields {
+                let replica = node_address(replica, asked)?;
+                if !replicas.contains(&replica) {
+                    replicas.push(replica);
+                }
+            }
         }
-        Some(SlotMap { owners })
+        Some(SlotMap { owners, replicas })
     }
 
     pub fn owner(&self, slot: u16) -> Option<&Arc<str>> {
@@ -80,6 +79,10 @@ impl SlotMap {
     /// Whether every slot has a master.
     pub fn is_complete(&self) -> bool {
         self.owners.iter().all(Option::is_some)
+    }
+
+    pub fn replicas(&self) -> &[Arc<str>] {
+        &self.replicas
     }
 
     /// Every master, once each.
@@ -92,6 +95,21 @@ impl SlotMap {
         }
         masters
     }
+}
+
+/// `host:port` of a node entry, `[host, port, id, …]`.
+fn node_address(entry: Value, asked: &str) -> Option<Arc<str>> {
+    let Value::Array(fields) = entry else {
+        return None;
+    };
+    let mut fields = fields.into_iter();
+    let host: String = redis::from_redis_value(fields.next()?).ok()?;
+    let port: u16 = redis::from_redis_value(fields.next()?).ok()?;
+    let host = match host.as_str() {
+        "" | "?" => asked.rsplit_once(':')?.0.to_string(),
+        _ => host,
+    };
+    Some(Arc::from(format!("{host}:{port}")))
 }
 
 #[cfg(test)]
@@ -131,6 +149,7 @@ mod tests {
         assert_eq!(map.owner(16383).map(|a| &**a), Some("10.0.0.2:7002"));
         assert!(map.is_complete());
         assert_eq!(map.masters().len(), 2);
+        assert_eq!(map.replicas().len(), 1, "{:?}", map.replicas());
         let partial = Value::Array(vec![range(0, 10, "h", 1)]);
         assert!(!SlotMap::parse(partial, "h:1").unwrap().is_complete());
         assert!(SlotMap::parse(Value::Nil, "h:1").is_none());

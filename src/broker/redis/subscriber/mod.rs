@@ -112,7 +112,7 @@ impl RoomTask {
                 self.inner.metrics.broker_reconnected();
             }
             ever_connected = true;
-            self.inner.set_up(&self.inner.pubsub_up, true);
+            self.inner.set_up(&self.inner.pubsub_up, link.is_whole());
             log::info("redis connected", json!({ "rooms": self.rooms.len() }));
             let connected_at = Instant::now();
             let outcome = self.serve(&mut link, &mut queue, &mut stopped).await;
