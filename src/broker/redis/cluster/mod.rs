@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use redis::aio::MultiplexedConnection;
 use redis::{Client, ConnectionAddr, ConnectionInfo, RedisError, RedisResult, Value};
 use tokio::sync::Mutex as AsyncMutex;
@@ -27,6 +28,8 @@ pub(super) use slots::{SlotMap, key_slot};
 /// A refresh asked for within this long of the last one reuses its answer, so a burst of
 /// `MOVED` replies costs one `CLUSTER SLOTS`.
 const REFRESH_AT_MOST_EVERY: Duration = Duration::from_millis(100);
+/// A master that does not answer a health ping within this is marked down.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub(super) struct Cluster {
     seeds: Vec<Client>,
@@ -142,6 +145,26 @@ impl Cluster {
                 Err(error)
             }
         }
+    }
+
+    /// Pings every master at once; one that does not answer within [`CHECK_TIMEOUT`] is
+    /// marked down. True when all answered.
+    pub(super) async fn check_masters(self: &Arc<Self>) -> bool {
+        let Some(map) = self.map() else {
+            return false;
+        };
+        let pings = map.masters().into_iter().map(|node| async move {
+            let ping = async {
+                let mut connection = self.connection(&node).await?;
+                redis::cmd("PING").query_async::<()>(&mut connection).await
+            };
+            let answered = matches!(timeout(CHECK_TIMEOUT, ping).await, Ok(Ok(())));
+            if !answered {
+                self.forget(&node);
+            }
+            answered
+        });
+        join_all(pings).await.into_iter().all(|answered| answered)
     }
 
     pub(super) fn is_down(&self, node: &str) -> bool {

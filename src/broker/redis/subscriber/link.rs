@@ -79,7 +79,7 @@ impl Link {
 
     /// Learns the slot table; nodes are connected as rooms need them.
     pub(super) async fn sharded(cluster: Arc<Cluster>) -> RedisResult<Link> {
-        let table_ok = cluster.refresh().await?.is_complete();
+        let table_ok = cluster.refresh().await?.is_complete() && cluster.check_masters().await;
         let (events_sender, events) = mpsc::channel(SHARD_EVENTS);
         Ok(Link::Sharded(Sharded {
             cluster,
@@ -288,12 +288,21 @@ impl Sharded {
         Ok(self.shards.get_mut(node).expect("inserted above"))
     }
 
-    /// Learns the slot table again, noting whether every slot has a master.
+    /// Learns the slot table again.
     pub(super) async fn refresh(&mut self) -> RedisResult<Arc<SlotMap>> {
         let refreshed = self.cluster.refresh().await;
-        self.table_ok = refreshed.as_ref().is_ok_and(|map| map.is_complete());
-        self.stale = false;
+        if refreshed.is_err() {
+            self.table_ok = false;
+        }
         refreshed
+    }
+
+    /// Learns the slot table again and checks that every slot has a master that answers:
+    /// what `/readyz` says of a cluster.
+    pub(super) async fn check(&mut self) {
+        let complete = self.refresh().await.is_ok_and(|map| map.is_complete());
+        self.table_ok = complete && self.cluster.check_masters().await;
+        self.stale = false;
     }
 
     pub(super) fn mark_stale(&mut self) {

@@ -52,6 +52,8 @@ pub(super) struct RoomTask {
     reaped_sender: mpsc::Sender<Reaped>,
     /// A reap is on its way: the next one waits for it.
     reaping: bool,
+    /// On a cluster: whether every slot and every room was reachable when last looked at.
+    whole: bool,
 }
 
 /// Each room's count after a reap.
@@ -73,6 +75,7 @@ impl RoomTask {
             reaped,
             reaped_sender,
             reaping: false,
+            whole: true,
         }
     }
 
@@ -162,6 +165,26 @@ impl RoomTask {
         self.catch_up(link, name, &state.epoch, state.seq).await
     }
 
+    /// Readiness follows whether the cluster link is whole; a change is logged once.
+    fn note_whole(&mut self, link: &Link) {
+        let whole = link.is_whole();
+        self.inner.set_up(&self.inner.pubsub_up, whole);
+        if whole != self.whole {
+            self.whole = whole;
+            if whole {
+                log::info(
+                    "redis cluster reachable again",
+                    json!({ "rooms": self.rooms.len() }),
+                );
+            } else {
+                log::warn(
+                    "redis cluster not fully reachable",
+                    json!({ "rooms": self.rooms.len() }),
+                );
+            }
+        }
+    }
+
     /// On a cluster: learns the slot table again, strands the rooms whose slot moved, and
     /// settles every stranded room where its slot now is. One that fails stays stranded for
     /// the next turn; meanwhile `/readyz` says the instance is not whole.
@@ -169,7 +192,7 @@ impl RoomTask {
         let Some(sharded) = link.sharded_mut() else {
             return;
         };
-        let _ = sharded.refresh().await;
+        sharded.check().await;
         sharded.follow_table().await;
         for name in sharded.take_stranded() {
             if !self.rooms.contains_key(&name) {
@@ -185,7 +208,7 @@ impl RoomTask {
                 }
             }
         }
-        self.inner.set_up(&self.inner.pubsub_up, link.is_whole());
+        self.note_whole(link);
     }
 
     /// While Redis is away: wait out the backoff, refusing joins and taking leaves.
@@ -256,7 +279,7 @@ impl RoomTask {
                         self.on_message(link, &channel, &payload).await
                     }
                     Incoming::Handled => {
-                        self.inner.set_up(&self.inner.pubsub_up, link.is_whole());
+                        self.note_whole(link);
                         Ok(())
                     }
                     Incoming::Closed => return Served::Lost("pub/sub connection closed".into()),
@@ -289,7 +312,7 @@ impl RoomTask {
                 }
                 // A cluster node lost strands its rooms and the rest carry on.
                 Err(_) if sharded => {
-                    self.inner.set_up(&self.inner.pubsub_up, link.is_whole());
+                    self.note_whole(link);
                 }
                 Err(error) => return Served::Lost(error.to_string()),
             }
