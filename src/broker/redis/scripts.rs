@@ -36,6 +36,8 @@ end
 -- Keys made here start without a TTL: set them all below.
 local fresh_keys = false
 local sharded = ARGV[12] == 'SPUBLISH'
+-- Set when this master may lack the room's last writes, and with them publish numbers.
+local lost_writes = false
 if sharded then
   -- Replication is asynchronous: a replica that took over (or a master that restarted) may
   -- lack the room's last writes and count again from a seq already sent. Either way the
@@ -44,16 +46,18 @@ if sharded then
   local stamped = redis.call('GET', KEYS[7])
   if stamped ~= replid then
     if stamped or tonumber(redis.call('GET', KEYS[1]) or '0') > 0 then
-      redis.call('DEL', KEYS[2], KEYS[4])
+      redis.call('DEL', KEYS[2])
+      lost_writes = true
     end
-    redis.call('SET', KEYS[7], replid)
+    redis.call('SET', KEYS[7], replid, 'EX', ARGV[6])
     fresh_keys = true
   end
 end
 local last = tonumber(redis.call('HGET', KEYS[4], ARGV[8]) or '0')
 local number = tonumber(ARGV[9])
 if number <= last then return {0, ''} end
-if last > 0 and tonumber(ARGV[10]) > last then
+-- After lost writes the previous number may be among them: waiting for it would be for ever.
+if not lost_writes and last > 0 and tonumber(ARGV[10]) > last then
   return redis.error_reply('ROOMCAST_GAP an earlier publish from this room is not applied yet')
 end
 local epoch = redis.call('GET', KEYS[2])
