@@ -310,8 +310,13 @@ impl RoomTask {
                         json!({ "error": log::cut(&error.to_string()) }),
                     );
                 }
-                // A cluster node lost strands its rooms and the rest carry on.
+                // A cluster node that did not answer: its rooms wait, the rest carry on, and
+                // the next look at the table pings every master, so a broken connection is
+                // replaced.
                 Err(_) if sharded => {
+                    if let Some(link) = link.sharded_mut() {
+                        link.mark_stale();
+                    }
                     self.note_whole(link);
                 }
                 Err(error) => return Served::Lost(error.to_string()),
