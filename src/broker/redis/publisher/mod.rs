@@ -46,8 +46,8 @@ enum Outcome {
     Failed,
     /// The script is not loaded on this server.
     NoScript,
-    /// On a cluster: the slot is elsewhere, or has no master for now. Sent again, with no
-    /// deadline (like a lost connection), once the slot table is fresh.
+    /// On a cluster: the slot is elsewhere, moving, or has no master for now. Sent again,
+    /// with no deadline (like a lost connection), once the slot table is fresh.
     Reroute,
 }
 
@@ -57,7 +57,7 @@ fn outcome(reply: &RedisResult<Value>, sharded: bool) -> Outcome {
     };
     match error.code() {
         Some("NOSCRIPT") => Outcome::NoScript,
-        Some("MOVED" | "ASK" | "CLUSTERDOWN") if sharded => Outcome::Reroute,
+        Some("MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN") if sharded => Outcome::Reroute,
         Some(
             "OOM"
             | "BUSY"
@@ -85,6 +85,8 @@ struct Settled {
     needs_script: bool,
     /// The slot table is stale.
     rerouted: bool,
+    /// Publishes applied.
+    applied: usize,
 }
 
 impl Publisher {
@@ -198,6 +200,7 @@ impl Publisher {
             let outcome = outcome(reply, sharded);
             match outcome {
                 Outcome::Applied => {
+                    settled.applied += 1;
                     queue.settle(&held, true);
                     held.origin
                         .settle(scripts::accepted(reply).ok_or(Unavailable));
@@ -338,5 +341,8 @@ mod tests {
             "one Redis never moves a slot"
         );
         assert_eq!(super::outcome(&moved, true), Outcome::Reroute);
+        let migrating = server_error("TRYAGAIN Multiple keys request during rehashing of slot");
+        assert_eq!(outcome(&migrating), Outcome::Retry);
+        assert_eq!(super::outcome(&migrating, true), Outcome::Reroute);
     }
 }

@@ -100,7 +100,10 @@ impl Publisher {
                     Ok(replies) => {
                         error_streak.retrying = false;
                         let settled = self.settle(share.batch, &replies, &mut error_streak);
-                        waits.note(&share.node, error_streak.retrying);
+                        // A node that applied nothing waits; one where only a room or two
+                        // must retry (a slot moving, say) keeps serving its other rooms.
+                        let refused = error_streak.retrying && settled.applied == 0;
+                        waits.note(&share.node, refused);
                         turn_retrying |= error_streak.retrying;
                         stale_table |= settled.rerouted;
                         if settled.needs_script
