@@ -105,7 +105,8 @@ impl RedisServer {
         self.child.as_ref().map(Child::output).unwrap_or_default()
     }
 
-    /// Stops the server; its data stays on disk for [`restart`](RedisServer::restart).
+    /// Kills the server (SIGKILL, so it saves nothing on the way out); its data stays on disk
+    /// for [`restart`](RedisServer::restart).
     pub fn stop(&mut self) {
         self.child = None;
     }
