@@ -41,6 +41,15 @@ pub(super) enum Origin {
 }
 
 impl Origin {
+    /// Redis applied the publish, now or (a retry after a lost reply) before, when the
+    /// reply carries no seq: a member hears nothing either way; an API caller gets the seq,
+    /// or `Unavailable` when it is not known.
+    pub fn applied(self, accepted: Option<Accepted>) {
+        if let Origin::Api { reply, .. } = self {
+            let _ = reply.send(accepted.ok_or(Unavailable));
+        }
+    }
+
     /// Tells the publisher of the outcome.
     pub fn settle(self, outcome: Result<Accepted, Unavailable>) {
         match (self, outcome) {
@@ -235,6 +244,20 @@ mod tests {
             .iter()
             .map(|h| format!("{}:{}", h.room, h.chat.prefix.split('"').nth(3).unwrap()))
             .collect()
+    }
+
+    #[test]
+    fn a_retry_applied_before_is_no_failure_for_its_sender() {
+        let (sender, mut feed) = feed::channel(4, 1024);
+        Origin::Member(sender.downgrade()).applied(None);
+        assert!(feed.try_recv().is_none(), "applied before a lost reply: not failed");
+        let (reply, answer) = oneshot::channel();
+        let api = Origin::Api {
+            reply,
+            idempotency: "k".into(),
+        };
+        api.applied(None);
+        assert!(matches!(answer.blocking_recv(), Ok(Err(Unavailable))), "no seq to give");
     }
 
     #[test]

@@ -202,8 +202,7 @@ impl Publisher {
                 Outcome::Applied => {
                     settled.applied += 1;
                     queue.settle(&held, true);
-                    held.origin
-                        .settle(scripts::accepted(reply).ok_or(Unavailable));
+                    held.origin.applied(scripts::accepted(reply));
                     continue;
                 }
                 // Redis forgot the script (a restart, or our first publish): loaded and
