@@ -250,14 +250,20 @@ mod tests {
     fn a_retry_applied_before_is_no_failure_for_its_sender() {
         let (sender, mut feed) = feed::channel(4, 1024);
         Origin::Member(sender.downgrade()).applied(None);
-        assert!(feed.try_recv().is_none(), "applied before a lost reply: not failed");
+        assert!(
+            feed.try_recv().is_none(),
+            "applied before a lost reply: not failed"
+        );
         let (reply, answer) = oneshot::channel();
         let api = Origin::Api {
             reply,
             idempotency: "k".into(),
         };
         api.applied(None);
-        assert!(matches!(answer.blocking_recv(), Ok(Err(Unavailable))), "no seq to give");
+        assert!(
+            matches!(answer.blocking_recv(), Ok(Err(Unavailable))),
+            "no seq to give"
+        );
     }
 
     #[test]
