@@ -230,7 +230,7 @@ async fn readyz_follows_the_cluster() {
         cluster.kill_node(master);
     }
     let killed_at = Instant::now();
-    // About 4 s on the machine this was written on; the bound leaves room for a busy one.
+    // About 1 s on the machine this was written on; the bound leaves room for a busy one.
     wait::until(
         "/readyz to answer 503",
         Duration::from_secs(6),

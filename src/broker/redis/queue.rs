@@ -151,13 +151,29 @@ impl HoldQueue {
     /// Up to `max_items` publishes (and about `max_bytes`), one room at a time in turn,
     /// each room's in its order, numbered for the script.
     pub fn take(&self, max_items: usize, max_bytes: usize) -> Vec<Held> {
+        self.take_where(max_items, max_bytes, |_| true)
+    }
+
+    /// As [`take`](HoldQueue::take), from the rooms `ready` accepts; the others keep their
+    /// turn (on a cluster: rooms whose node is busy or waiting).
+    pub fn take_where(
+        &self,
+        max_items: usize,
+        max_bytes: usize,
+        ready: impl Fn(&str) -> bool,
+    ) -> Vec<Held> {
         let mut state = self.lock();
         let mut batch = Vec::new();
         let mut bytes = 0;
+        let mut skipped = Vec::new();
         while batch.len() < max_items && bytes < max_bytes {
             let Some(room) = state.turns.pop_front() else {
                 break;
             };
+            if !ready(&room) {
+                skipped.push(room);
+                continue;
+            }
             let state = &mut *state;
             let Some(queue) = state.rooms.get_mut(&room) else {
                 continue;
@@ -177,6 +193,9 @@ impl HoldQueue {
                 state.turns.push_back(room);
             }
             batch.push(held);
+        }
+        for room in skipped.into_iter().rev() {
+            state.turns.push_front(room);
         }
         batch
     }
@@ -277,6 +296,18 @@ mod tests {
         assert_eq!(messages(&batch), ["flood:0", "quiet:q", "flood:1"]);
         let numbers: Vec<(u64, u64)> = batch.iter().map(|h| (h.number, h.previous)).collect();
         assert_eq!(numbers, [(1, 0), (2, 0), (3, 1)]);
+    }
+
+    #[test]
+    fn rooms_not_ready_keep_their_turn() {
+        let queue = HoldQueue::new(100, usize::MAX);
+        for room in ["a", "b", "c"] {
+            queue.push(held(room, "1")).unwrap();
+        }
+        let batch = queue.take_where(10, usize::MAX, |room| room == "b");
+        assert_eq!(messages(&batch), ["b:1"]);
+        queue.push(held("b", "2")).unwrap();
+        assert_eq!(messages(&queue.take(10, usize::MAX)), ["a:1", "c:1", "b:2"]);
     }
 
     #[test]

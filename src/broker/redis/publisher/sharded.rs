@@ -3,27 +3,30 @@
 //! gone holds back only its own rooms.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::join_all;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use redis::{RedisResult, Value};
 use serde_json::json;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep};
 
-use super::{ErrorStreak, MAX_BATCH, MAX_BATCH_BYTES, Publisher, Settled};
+use super::{ErrorStreak, MAX_BATCH, MAX_BATCH_BYTES, Publisher};
 use crate::broker::redis::cluster::{Cluster, no_owner};
 use crate::broker::redis::queue::Held;
 use crate::broker::redis::scripts::PUBLISH;
 use crate::broker::redis::{next_backoff, stopping};
 use crate::log;
 
-/// How long the publisher sleeps when every node with publishes is waiting out a backoff:
-/// a publish for another node waits at most this long.
-const PARKED_PAUSE: Duration = Duration::from_millis(50);
 /// The longest a node that keeps failing waits between tries: about a failover's length.
 const MAX_NODE_WAIT: Duration = Duration::from_secs(1);
+
+/// One node's pipeline on its way, and what came back.
+type Sending<'a> =
+    Pin<Box<dyn Future<Output = (Share, RedisResult<Vec<RedisResult<Value>>>)> + Send + 'a>>;
 
 /// One node's share of a batch; `node` is `None` for rooms whose slot has no master now.
 struct Share {
@@ -38,114 +41,103 @@ impl Publisher {
         mut stopped: watch::Receiver<bool>,
     ) {
         let queue = &self.inner.queue;
-        let mut pause = Duration::ZERO;
-        let mut error_streak = ErrorStreak::default();
-        let mut waits = NodeWaits::default();
-        // Only one warning per outage of any node, not one per turn.
-        let mut outage_logged = false;
+        let mut table_wait = Duration::ZERO;
+        let mut nodes = Nodes::default();
+        // Each node's pipeline in flight; a node has at most one, and its rooms wait their
+        // turn meanwhile, so a room's publishes stay in order.
+        let mut sending: FuturesUnordered<Sending<'_>> = FuturesUnordered::new();
+        let mut stopping_seen = false;
         loop {
-            if !pause.is_zero() {
-                tokio::select! {
-                    _ = stopping(&mut stopped), if queue.held() == 0 => return,
-                    _ = sleep(pause) => {}
-                }
+            if stopping_seen && queue.held() == 0 {
+                return;
             }
             // The table first: readiness waits for it, as for a connection to one Redis.
             if cluster.map().is_none() {
                 let known = cluster.refresh().await.is_ok();
                 self.inner.set_up(&self.inner.publisher_up, known);
-                pause = if known {
+                table_wait = if known {
                     Duration::ZERO
                 } else {
-                    next_backoff(pause)
+                    next_backoff(table_wait)
                 };
-                continue;
-            }
-            pause = Duration::ZERO;
-            let batch = queue.take(MAX_BATCH, MAX_BATCH_BYTES);
-            if batch.is_empty() {
                 tokio::select! {
-                    _ = queue.ready.notified() => {}
-                    _ = stopping(&mut stopped) => {
-                        if queue.held() == 0 {
-                            return;
-                        }
-                    }
+                    _ = stopping(&mut stopped), if !stopping_seen => stopping_seen = true,
+                    _ = sleep(table_wait) => {}
                 }
                 continue;
             }
-            // A node that just failed waits out its backoff; the other nodes do not wait.
-            let (shares, waiting): (Vec<Share>, Vec<Share>) = cluster
-                .by_owner(batch, |held| &held.room)
-                .into_iter()
-                .map(|(node, batch)| Share { node, batch })
-                .partition(|share| waits.is_due(&share.node));
-            let parked = !waiting.is_empty();
-            for share in waiting {
-                queue.restore(share.batch);
+            let batch = queue.take_where(MAX_BATCH, MAX_BATCH_BYTES, |room| {
+                nodes.is_free(&cluster.owner(room))
+            });
+            for (node, batch) in cluster.by_owner(batch, |held| &held.room) {
+                nodes.busy.push(node.clone());
+                sending.push(Box::pin(self.send_share(&cluster, Share { node, batch })));
             }
-            if shares.is_empty() {
-                pause = waits.soonest().min(PARKED_PAUSE);
-                continue;
-            }
-            let sends = shares
-                .into_iter()
-                .map(|share| self.send_share(&cluster, share));
-            let mut unreachable = false;
-            let mut stale_table = false;
-            let mut turn = Settled::default();
-            let mut turn_retrying = false;
-            for (share, replies) in join_all(sends).await {
-                match replies {
-                    Ok(replies) => {
-                        error_streak.retrying = false;
-                        let settled = self.settle(share.batch, &replies, &mut error_streak);
-                        // A node that applied nothing waits; one where only a room or two
-                        // must retry (a slot moving, say) keeps serving its other rooms.
-                        let refused = error_streak.retrying && settled.applied == 0;
-                        waits.note(&share.node, refused);
-                        turn_retrying |= error_streak.retrying;
-                        stale_table |= settled.rerouted;
-                        if settled.needs_script
-                            && let Some(node) = &share.node
-                        {
-                            turn.needs_script = true;
-                            load_script(&cluster, node).await;
-                        }
-                    }
-                    Err(error) => {
-                        // No answer: held and sent again, as with one Redis; the numbers
-                        // make the retry apply each publish once.
-                        if !outage_logged {
-                            log::warn(
-                                "redis cluster node unreachable, holding its publishes",
-                                json!({ "error": log::cut(&error.to_string()), "held": queue.held() }),
-                            );
-                            outage_logged = true;
-                        }
-                        if let Some(node) = &share.node {
-                            cluster.forget(node);
-                        }
-                        queue.restore(share.batch);
-                        waits.note(&share.node, true);
-                        unreachable = true;
-                        stale_table = true;
-                    }
+            let due = nodes.soonest_due();
+            tokio::select! {
+                Some((share, replies)) = sending.next() => {
+                    nodes.busy.retain(|busy| *busy != share.node);
+                    self.settle_share(&cluster, share, replies, &mut nodes).await;
+                    self.inner.set_up(&self.inner.publisher_up, nodes.unreachable.is_empty());
+                    self.inner.metrics.publishes_held_now(queue.held());
                 }
+                _ = queue.ready.notified() => {}
+                _ = sleep(due.unwrap_or_default()), if due.is_some() => {}
+                _ = stopping(&mut stopped), if !stopping_seen => stopping_seen = true,
             }
-            error_streak.retrying = turn_retrying;
-            error_streak.end_turn(&turn);
-            if unreachable || !parked {
-                self.inner.set_up(&self.inner.publisher_up, !unreachable);
-            }
-            if !unreachable && !parked {
-                outage_logged = false;
-            }
-            if stale_table {
-                let _ = cluster.refresh().await;
-            }
-            self.inner.metrics.publishes_held_now(queue.held());
         }
+    }
+
+    /// Acts on one node's replies, or on its silence.
+    async fn settle_share(
+        &self,
+        cluster: &Arc<Cluster>,
+        share: Share,
+        replies: RedisResult<Vec<RedisResult<Value>>>,
+        nodes: &mut Nodes,
+    ) {
+        let node = share.node;
+        let replies = match replies {
+            Ok(replies) => replies,
+            Err(error) => {
+                // No answer: held and sent again, as with one Redis; the numbers make the
+                // retry apply each publish once.
+                if nodes.unreachable.is_empty() {
+                    log::warn(
+                        "redis cluster node unreachable, holding its publishes",
+                        json!({ "error": log::cut(&error.to_string()), "held": self.inner.queue.held() }),
+                    );
+                }
+                if let Some(node) = &node {
+                    cluster.forget(node);
+                }
+                self.inner.queue.restore(share.batch);
+                nodes.failed(&node, true);
+                if !nodes.unreachable.contains(&node) {
+                    nodes.unreachable.push(node);
+                }
+                let _ = cluster.refresh().await;
+                nodes.forget_gone(cluster);
+                return;
+            }
+        };
+        let streak = nodes.streaks.entry(node.clone()).or_default();
+        streak.retrying = false;
+        let settled = self.settle(share.batch, &replies, streak);
+        streak.end_turn(&settled);
+        // A node that applied nothing waits; one where only a room or two must retry (a slot
+        // moving, say) keeps serving its other rooms.
+        let refused = streak.retrying && settled.applied == 0;
+        nodes.failed(&node, refused);
+        if settled.needs_script
+            && let Some(node) = &node
+        {
+            load_script(cluster, node).await;
+        }
+        if settled.rerouted {
+            let _ = cluster.refresh().await;
+        }
+        nodes.forget_gone(cluster);
     }
 
     async fn send_share(
@@ -164,23 +156,34 @@ impl Publisher {
     }
 }
 
-/// Nodes that failed (no answer, or a refusal that passes) and when each may be tried again,
-/// each with its own doubling backoff. `None` is the slots without a master.
+/// What the publisher knows of each node (`None` is the slots without a master).
 #[derive(Default)]
-struct NodeWaits {
+struct Nodes {
+    /// Nodes with a pipeline in flight.
+    busy: Vec<Option<Arc<str>>>,
+    /// Nodes that failed (no answer, or refused all they got), when each may be tried
+    /// again, each with its own doubling backoff.
     waits: HashMap<Option<Arc<str>>, (Instant, Duration)>,
+    /// Nodes whose last pipeline got no answer: the instance is not ready meanwhile.
+    unreachable: Vec<Option<Arc<str>>>,
+    /// Each node's run of error replies, logged when it starts and ends.
+    streaks: HashMap<Option<Arc<str>>, ErrorStreak>,
 }
 
-impl NodeWaits {
-    fn is_due(&self, node: &Option<Arc<str>>) -> bool {
-        self.waits
-            .get(node)
-            .is_none_or(|(until, _)| Instant::now() >= *until)
+impl Nodes {
+    fn is_free(&self, node: &Option<Arc<str>>) -> bool {
+        !self.busy.contains(node)
+            && self
+                .waits
+                .get(node)
+                .is_none_or(|(until, _)| Instant::now() >= *until)
     }
 
-    fn note(&mut self, node: &Option<Arc<str>>, failed: bool) {
+    /// Notes whether a node's pipeline failed; one that did waits out its backoff.
+    fn failed(&mut self, node: &Option<Arc<str>>, failed: bool) {
         if !failed {
             self.waits.remove(node);
+            self.unreachable.retain(|down| down != node);
             return;
         }
         let wait = self
@@ -192,14 +195,25 @@ impl NodeWaits {
             .insert(node.clone(), (Instant::now() + wait, wait));
     }
 
-    /// How long until the first waiting node is due.
-    fn soonest(&self) -> Duration {
+    /// Stops counting as unreachable a node the table no longer names as a master (its
+    /// replica took over).
+    fn forget_gone(&mut self, cluster: &Cluster) {
+        if self.unreachable.is_empty() {
+            return;
+        }
+        let masters = cluster.map().map(|map| map.masters()).unwrap_or_default();
+        self.unreachable
+            .retain(|node| node.as_ref().is_some_and(|node| masters.contains(node)));
+    }
+
+    /// How long until the first waiting node is due, if one is still waiting.
+    fn soonest_due(&self) -> Option<Duration> {
         let now = Instant::now();
         self.waits
             .values()
-            .map(|(until, _)| until.saturating_duration_since(now))
+            .filter(|(until, _)| *until > now)
+            .map(|(until, _)| *until - now)
             .min()
-            .unwrap_or(Duration::ZERO)
     }
 }
 

@@ -11,7 +11,7 @@ use super::{Link, REAP_EVERY, RoomTask, Served};
 use crate::broker::redis::{REDIS_TIMEOUT, presence};
 
 /// Sweeps between two looks at a cluster's slot table.
-const FOLLOW_TABLE_EVERY: u64 = 5;
+const FOLLOW_TABLE_EVERY: u64 = 2;
 
 impl RoomTask {
     /// Drops members whose sessions ended without a leave, unsubscribes empty rooms, keeps
