@@ -1,11 +1,13 @@
-//! compose.yml as users run it: the project on its own ports, deploy/swap, and what the
-//! container tests need from this host to run them.
+//! compose.yml (and compose.cluster.yml) as users run them: the project on its own ports,
+//! deploy/swap, and what the container tests need from this host to run them.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use testkit::docker::{self, unique};
+use testkit::tempdir::TempDir;
 use testkit::{free_port, paths, procfs, skip_or_fail, tools};
 
 use super::root;
@@ -75,6 +77,8 @@ fn nofile_override() -> Option<String> {
 /// A compose project on its own ports; see [`ProjectGuard`].
 pub struct Project {
     compose: Vec<String>,
+    /// The compose file, relative to the repository root.
+    file: &'static str,
     pub name: String,
     image: String,
     nofile: Option<String>,
@@ -86,8 +90,14 @@ pub struct Project {
 
 impl Project {
     pub fn new(env: &Env, image: &str) -> Project {
+        Project::of_file(env, image, "compose.yml")
+    }
+
+    /// A project of another compose file in the repository root.
+    pub fn of_file(env: &Env, image: &str, file: &'static str) -> Project {
         Project {
             compose: env.compose.clone(),
+            file,
             name: format!("rctest{}", unique()),
             image: image.to_string(),
             nofile: env.nofile.clone(),
@@ -114,14 +124,50 @@ impl Project {
         command
     }
 
-    fn compose(&self, args: &[&str]) -> Output {
+    fn compose_command(&self, args: &[&str]) -> Command {
         let mut words: Vec<&str> = self.compose.iter().map(String::as_str).collect();
         let program = PathBuf::from(words.remove(0));
-        words.extend_from_slice(&["-f", "compose.yml"]);
+        words.extend_from_slice(&["-f", self.file]);
         words.extend_from_slice(args);
         self.command(&program, &words)
-            .output()
-            .expect("run compose")
+    }
+
+    fn compose(&self, args: &[&str]) -> Output {
+        self.compose_command(args).output().expect("run compose")
+    }
+
+    /// `compose ARGS`, failing the test if it fails or takes longer than `limit` (then it is
+    /// killed); its output.
+    pub fn compose_within(&self, args: &[&str], limit: Duration) -> String {
+        // To a file: a pipe nobody reads while waiting could fill up and stall compose.
+        let folder = TempDir::new("compose");
+        let log = folder.path().join("output");
+        let file = std::fs::File::create(&log).expect("create the compose log");
+        let mut child = self
+            .compose_command(args)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("clone the compose log"))
+            .stderr(file)
+            .spawn()
+            .expect("run compose");
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait for compose") {
+                break Some(status);
+            }
+            if started.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let output = std::fs::read_to_string(&log).unwrap_or_default();
+        match status {
+            Some(status) if status.success() => output,
+            Some(status) => panic!("compose {} failed ({status}):\n{output}", args.join(" ")),
+            None => panic!("compose {} took over {limit:?}:\n{output}", args.join(" ")),
+        }
     }
 
     /// Runs deploy/swap; its output (stdout and stderr), failing the test if it fails.

@@ -1,4 +1,5 @@
-//! The container layer on a real Docker engine: the image, and compose.yml's blue-green swap.
+//! The container layer on a real Docker engine: the image, compose.yml's blue-green swap, and
+//! cluster mode across containers.
 //!
 //! - The image is built from the host's static binary with deploy/image-from-binary (the
 //!   documented no-registry way) and checked: size, non-root numeric user, exec-form
@@ -8,20 +9,27 @@
 //!   engine cannot pull. deploy/swap deploys blue, clients connect through the proxy, and
 //!   deploy/swap moves them to green under steady traffic ([`colours`]): every client must see
 //!   every seq exactly once.
+//! - A Redis Cluster of six `redis:7` containers and three roomcast containers on a private
+//!   network ([`cluster`]): rooms on every master under steady traffic while one roomcast
+//!   container loses its route to a master and then a master is killed, with the same
+//!   zero-loss check; and compose.cluster.yml up, a message through it, up again, down.
 //!
 //! Needs docker, docker-compose (or `docker compose`), the static binary (`cargo static`
 //! first, or point ROOMCAST_BIN at one), and for the stand-ins redis-server and haproxy
-//! (`apt-get install -y redis-server haproxy`). Without them the tests are skipped, or fail
-//! when `CI` is set. Every container, project, network, volume and app image a test creates is
+//! (`apt-get install -y redis-server haproxy`); the cluster test cuts routes as root with
+//! `nsenter` and `ip` (util-linux, iproute2). Without them the tests are skipped, or fail when
+//! `CI` is set. Every container, project, network, volume and app image a test creates is
 //! removed on the way out, also on failure. How fast a container starts is a benchmark:
 //! `cargo bench --bench coldstart -- --docker`.
 
+mod cluster;
 mod colours;
 mod compose;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use testkit::docker::{self, Containers, Image, docker, docker_output, inspect, wait_healthy};
@@ -38,6 +46,10 @@ const GRACE: Duration = Duration::from_secs(15);
 const MEMBERS: usize = 10;
 // A person typing fast: under the default publish rate (5/s), as a real deploy sees it.
 const PUBLISH_EVERY: Duration = Duration::from_millis(250);
+
+/// The tests that measure outages under traffic run one at a time, so they do not share two
+/// cores.
+static ONE_LOAD_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -149,34 +161,13 @@ fn image_is_small_non_root_read_only_and_healthy() {
 #[test]
 fn compose_swap_moves_every_client_to_green_without_loss() {
     let Some(env) = Env::find() else { return };
-    let image_present = |tag: &str| {
-        Command::new("docker")
-            .args(["image", "inspect", tag])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    let host_has = |name: &str, dir: &str| {
-        tools::find_program(name).is_some() || Path::new(dir).join(name).is_file()
-    };
-    if !(image_present("redis:7") || host_has("redis-server", "/usr/bin"))
-        || !(image_present("haproxy:2.6") || host_has("haproxy", "/usr/sbin"))
-    {
-        skip_or_fail(
-            "no redis:7 or haproxy:2.6 image, and no redis-server or haproxy here to build \
-             stand-ins from (`apt-get install -y redis-server haproxy`)",
-        );
+    if !standins(&["redis", "haproxy"]) {
         return;
     }
+    let _alone = ONE_LOAD_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let image = Image::from_binary(&env.binary, "compose");
-    let standin = Command::new(root().join("tests/standin/build"))
-        .output()
-        .expect("run tests/standin/build");
-    assert!(
-        standin.status.success(),
-        "tests/standin/build failed:\n{}{}",
-        String::from_utf8_lossy(&standin.stdout),
-        String::from_utf8_lossy(&standin.stderr)
-    );
     let project = ProjectGuard(Project::new(&env, image.tag()));
     let mut colours = Colours::deploy(&project.0);
     let scenario = Scenario {
@@ -198,4 +189,44 @@ fn compose_swap_moves_every_client_to_green_without_loss() {
     );
     drop(project);
     drop(image);
+}
+
+/// Builds the stand-ins (tests/standin/build) for `names` (`redis`, `haproxy`), the images
+/// compose.yml names, which this engine cannot pull; false, after [`skip_or_fail`], when there
+/// is neither such an image nor the host program to build one from.
+fn standins(names: &[&str]) -> bool {
+    let image_present = |tag: &str| {
+        Command::new("docker")
+            .args(["image", "inspect", tag])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let host_has = |name: &str, dir: &str| {
+        tools::find_program(name).is_some() || Path::new(dir).join(name).is_file()
+    };
+    for name in names {
+        let (tag, program, dir) = match *name {
+            "redis" => ("redis:7", "redis-server", "/usr/bin"),
+            "haproxy" => ("haproxy:2.6", "haproxy", "/usr/sbin"),
+            other => panic!("no stand-in for {other}"),
+        };
+        if !(image_present(tag) || host_has(program, dir)) {
+            skip_or_fail(&format!(
+                "no {tag} image, and no {program} here to build a stand-in from \
+                 (`apt-get install -y redis-server haproxy`)"
+            ));
+            return false;
+        }
+    }
+    let standin = Command::new(root().join("tests/standin/build"))
+        .args(names)
+        .output()
+        .expect("run tests/standin/build");
+    assert!(
+        standin.status.success(),
+        "tests/standin/build failed:\n{}{}",
+        String::from_utf8_lossy(&standin.stdout),
+        String::from_utf8_lossy(&standin.stderr)
+    );
+    true
 }
