@@ -169,10 +169,13 @@ impl RedisBroker {
         let (stop, stopped) = watch::channel(false);
         let rooms = RoomTask::new(Arc::clone(&inner));
         let publisher = Publisher::new(Arc::clone(&inner));
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(rooms.run(command_queue, stopped.clone())),
-            tokio::spawn(publisher.run(stopped)),
+            tokio::spawn(publisher.run(stopped.clone())),
         ];
+        if let Redis::Cluster(cluster) = &inner.redis {
+            tasks.push(tokio::spawn(Arc::clone(cluster).watch(stopped)));
+        }
         RedisBroker {
             inner,
             stop,

@@ -7,22 +7,24 @@
 //!
 //! A node that stops answering is marked down and reconnected in the background, with
 //! backoff: until then its rooms fail at once, so neither the publisher nor the room task
-//! waits on it while the other nodes' rooms carry on.
+//! waits on it while the other nodes' rooms carry on. The [watcher](Cluster::watch) learns
+//! the table and pings every master in a task of its own, for the same reason.
 
 pub(super) mod shard;
 mod slots;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures_util::future::join_all;
 use redis::aio::MultiplexedConnection;
 use redis::{Client, ConnectionAddr, ConnectionInfo, RedisError, RedisResult, Value};
-use tokio::sync::Mutex as AsyncMutex;
+use tokio::sync::{Mutex as AsyncMutex, Notify, watch};
 use tokio::time::{Instant, sleep, timeout};
 
-use super::{REDIS_TIMEOUT, connect, next_backoff, wire};
+use super::{REDIS_TIMEOUT, connect, next_backoff, stopping, wire};
 pub(super) use slots::{SlotMap, key_slot};
 
 /// A refresh asked for within this long of the last one reuses its answer, so a burst of
@@ -30,6 +32,10 @@ pub(super) use slots::{SlotMap, key_slot};
 const REFRESH_AT_MOST_EVERY: Duration = Duration::from_millis(100);
 /// A master that does not answer a health ping within this is marked down.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often the watcher looks at the table and the masters unasked...
+const LOOK_EVERY: Duration = Duration::from_secs(2);
+/// ...and the least time between two looks, however often it is asked.
+const LOOK_GAP: Duration = Duration::from_millis(100);
 
 pub(super) struct Cluster {
     seeds: Vec<Client>,
@@ -39,6 +45,12 @@ pub(super) struct Cluster {
     nodes: Mutex<HashMap<Arc<str>, Node>>,
     /// One refresh at a time, and when the last one ended.
     refreshed: AsyncMutex<Option<Instant>>,
+    /// Asks the watcher to look now.
+    wake: Notify,
+    /// Whether every slot had a master that answered, at the watcher's last look...
+    healthy: AtomicBool,
+    /// ...and how many looks it has taken, so the room task knows when to follow the table.
+    looks: AtomicU64,
 }
 
 enum Node {
@@ -54,7 +66,47 @@ impl Cluster {
             map: RwLock::new(None),
             nodes: Mutex::new(HashMap::new()),
             refreshed: AsyncMutex::new(None),
+            wake: Notify::new(),
+            healthy: AtomicBool::new(false),
+            looks: AtomicU64::new(0),
         }
+    }
+
+    /// Learns the slot table and pings every master, every [`LOOK_EVERY`] or when asked
+    /// ([`refresh_soon`](Cluster::refresh_soon)), until the broker stops.
+    pub(super) async fn watch(self: Arc<Self>, mut stopped: watch::Receiver<bool>) {
+        loop {
+            let healthy = match self.refresh().await {
+                Ok(map) => map.is_complete() && self.check_masters().await,
+                Err(_) => false,
+            };
+            self.healthy.store(healthy, Ordering::Release);
+            self.looks.fetch_add(1, Ordering::Release);
+            tokio::select! {
+                _ = stopping(&mut stopped) => return,
+                _ = async {
+                    sleep(LOOK_GAP).await;
+                    tokio::select! {
+                        _ = sleep(LOOK_EVERY - LOOK_GAP) => {}
+                        _ = self.wake.notified() => {}
+                    }
+                } => {}
+            }
+        }
+    }
+
+    /// Asks the watcher to look at the table now (a node redirected or did not answer).
+    pub(super) fn refresh_soon(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Whether every slot had a master that answered, when last looked at.
+    pub(super) fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+
+    pub(super) fn looks(&self) -> u64 {
+        self.looks.load(Ordering::Acquire)
     }
 
     pub(super) fn map(&self) -> Option<Arc<SlotMap>> {

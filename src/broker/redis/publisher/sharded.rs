@@ -116,7 +116,7 @@ impl Publisher {
                 if !nodes.unreachable.contains(&node) {
                     nodes.unreachable.push(node);
                 }
-                let _ = cluster.refresh().await;
+                cluster.refresh_soon();
                 nodes.forget_gone(cluster);
                 return;
             }
@@ -135,7 +135,7 @@ impl Publisher {
             load_script(cluster, node).await;
         }
         if settled.rerouted {
-            let _ = cluster.refresh().await;
+            cluster.refresh_soon();
         }
         nodes.forget_gone(cluster);
     }

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio::time::timeout;
 
 use crate::broker::redis::cluster::shard::{ShardEvent, ShardLink};
-use crate::broker::redis::cluster::{Cluster, SlotMap, no_owner};
+use crate::broker::redis::cluster::{Cluster, no_owner};
 use crate::broker::redis::{REDIS_TIMEOUT, connect, wire};
 
 /// Shard events waiting for the room task; past this, each node's reader waits, and Redis
@@ -39,10 +39,8 @@ pub(super) struct Sharded {
     subscribed: HashMap<Arc<str>, Arc<str>>,
     /// Rooms with members here and no subscription, to subscribe again.
     stranded: Vec<Arc<str>>,
-    /// Whether the last refresh of the slot table worked and found every slot served.
-    table_ok: bool,
-    /// A node redirected a command, or it is time to look: learn the table again.
-    stale: bool,
+    /// The watcher's looks at the table the room task has followed.
+    seen_looks: u64,
     /// From every node's reader; the senders are clones of `events_sender`.
     events: mpsc::Receiver<ShardEvent>,
     events_sender: mpsc::Sender<ShardEvent>,
@@ -79,15 +77,14 @@ impl Link {
 
     /// Learns the slot table; nodes are connected as rooms need them.
     pub(super) async fn sharded(cluster: Arc<Cluster>) -> RedisResult<Link> {
-        let table_ok = cluster.refresh().await?.is_complete() && cluster.check_masters().await;
+        cluster.refresh().await?;
         let (events_sender, events) = mpsc::channel(SHARD_EVENTS);
         Ok(Link::Sharded(Sharded {
             cluster,
             shards: HashMap::new(),
             subscribed: HashMap::new(),
             stranded: Vec::new(),
-            table_ok,
-            stale: false,
+            seen_looks: 0,
             events,
             events_sender,
             serials: 0,
@@ -199,7 +196,15 @@ impl Link {
     pub(super) fn is_whole(&self) -> bool {
         match self {
             Link::Single(_) => true,
-            Link::Sharded(link) => link.stranded.is_empty() && link.table_ok,
+            Link::Sharded(link) => link.stranded.is_empty() && link.cluster.is_healthy(),
+        }
+    }
+
+    /// Whether the cluster's table and masters have been looked at yet (one Redis: yes).
+    pub(super) fn has_looked(&self) -> bool {
+        match self {
+            Link::Single(_) => true,
+            Link::Sharded(link) => link.cluster.looks() > 0,
         }
     }
 
@@ -207,7 +212,11 @@ impl Link {
     pub(super) fn needs_resettle(&self) -> bool {
         match self {
             Link::Single(_) => false,
-            Link::Sharded(link) => link.stale || !link.stranded.is_empty() || !link.table_ok,
+            Link::Sharded(link) => {
+                !link.stranded.is_empty()
+                    || link.seen_looks != link.cluster.looks()
+                    || !link.cluster.is_healthy()
+            }
         }
     }
 
@@ -222,15 +231,10 @@ impl Link {
 impl Sharded {
     async fn subscribe(&mut self, room: &Arc<str>) -> RedisResult<()> {
         let channel = wire::channel(room);
-        // A stale table is found out by a MOVED refusal: learn the new one and go again.
+        let mut owner = self.cluster.owner(room).ok_or_else(no_owner)?;
+        // A stale table is found out by a MOVED refusal, which names the node to try; the
+        // watcher learns the new table meanwhile.
         for first_try in [true, false] {
-            let owner = match self.cluster.owner(room) {
-                Some(owner) => owner,
-                None => {
-                    self.refresh().await?;
-                    self.cluster.owner(room).ok_or_else(no_owner)?
-                }
-            };
             let shard = self.shard(&owner).await?;
             match shard.subscribe(&channel).await {
                 Ok(Ok(())) => {
@@ -239,7 +243,11 @@ impl Sharded {
                     return Ok(());
                 }
                 Ok(Err(refusal)) if first_try && refusal.starts_with("MOVED") => {
-                    self.refresh().await?;
+                    self.cluster.refresh_soon();
+                    match refusal.rsplit_once(' ') {
+                        Some((_, node)) => owner = Arc::from(node),
+                        None => return Err(no_owner()),
+                    }
                 }
                 Ok(Err(refusal)) => {
                     let (code, detail) = refusal.split_once(' ').unwrap_or((&refusal, ""));
@@ -288,25 +296,14 @@ impl Sharded {
         Ok(self.shards.get_mut(node).expect("inserted above"))
     }
 
-    /// Learns the slot table again.
-    pub(super) async fn refresh(&mut self) -> RedisResult<Arc<SlotMap>> {
-        let refreshed = self.cluster.refresh().await;
-        if refreshed.is_err() {
-            self.table_ok = false;
-        }
-        refreshed
+    /// Asks for the table to be learnt again (a node redirected or did not answer).
+    pub(super) fn mark_stale(&self) {
+        self.cluster.refresh_soon();
     }
 
-    /// Learns the slot table again and checks that every slot has a master that answers:
-    /// what `/readyz` says of a cluster.
-    pub(super) async fn check(&mut self) {
-        let complete = self.refresh().await.is_ok_and(|map| map.is_complete());
-        self.table_ok = complete && self.cluster.check_masters().await;
-        self.stale = false;
-    }
-
-    pub(super) fn mark_stale(&mut self) {
-        self.stale = true;
+    /// Notes that the room task has followed the watcher's latest look.
+    pub(super) fn followed(&mut self) {
+        self.seen_looks = self.cluster.looks();
     }
 
     /// Strands every subscribed room whose slot the table now puts on another node, after

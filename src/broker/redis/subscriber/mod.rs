@@ -169,7 +169,8 @@ impl RoomTask {
     fn note_whole(&mut self, link: &Link) {
         let whole = link.is_whole();
         self.inner.set_up(&self.inner.pubsub_up, whole);
-        if whole != self.whole {
+        // Before the cluster's first look nothing is known yet: not a fault to report.
+        if whole != self.whole && link.has_looked() {
             self.whole = whole;
             if whole {
                 log::info(
@@ -185,14 +186,14 @@ impl RoomTask {
         }
     }
 
-    /// On a cluster: learns the slot table again, strands the rooms whose slot moved, and
-    /// settles every stranded room where its slot now is. One that fails stays stranded for
-    /// the next turn; meanwhile `/readyz` says the instance is not whole.
+    /// On a cluster, after the watcher's look at the table: strands the rooms whose slot
+    /// moved, and settles every stranded room where its slot now is. One that fails stays
+    /// stranded for the next turn; meanwhile `/readyz` says the instance is not whole.
     async fn resettle(&mut self, link: &mut Link) {
         let Some(sharded) = link.sharded_mut() else {
             return;
         };
-        sharded.check().await;
+        sharded.followed();
         sharded.follow_table().await;
         for name in sharded.take_stranded() {
             if !self.rooms.contains_key(&name) {

@@ -10,9 +10,6 @@ use tokio::time::{Instant, timeout};
 use super::{Link, REAP_EVERY, RoomTask, Served};
 use crate::broker::redis::{REDIS_TIMEOUT, presence};
 
-/// Sweeps between two looks at a cluster's slot table.
-const FOLLOW_TABLE_EVERY: u64 = 2;
-
 impl RoomTask {
     /// Drops members whose sessions ended without a leave, unsubscribes empty rooms, keeps
     /// presence fresh, and pings the pub/sub connection so a silent Redis is noticed.
@@ -25,12 +22,6 @@ impl RoomTask {
         let refresh_every = (self.inner.presence_ttl_ms / 3000).max(1);
         if self.sweeps.is_multiple_of(refresh_every) {
             self.refresh_presence(link).await;
-        }
-        // A slot may move without a word to this instance: look at the table now and then.
-        if self.sweeps.is_multiple_of(FOLLOW_TABLE_EVERY)
-            && let Some(sharded) = link.sharded_mut()
-        {
-            sharded.mark_stale();
         }
         let mut empty = Vec::new();
         for (name, room) in &mut self.rooms {
