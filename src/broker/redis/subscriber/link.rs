@@ -17,9 +17,10 @@ use crate::broker::redis::cluster::shard::{ShardEvent, ShardLink};
 use crate::broker::redis::cluster::{Cluster, no_owner};
 use crate::broker::redis::{REDIS_TIMEOUT, connect, wire};
 
-/// Shard events waiting for the room task; past this, each node's reader waits, and Redis
-/// holds (and past its own limit cuts) the connection.
-const SHARD_EVENTS: usize = 1024;
+/// Shard events waiting for the room task, each at most one message (64 KiB by default):
+/// past this, each node's reader waits, the kernel's socket buffer fills, and Redis holds
+/// the rest (cutting the connection past `client-output-buffer-limit pubsub`).
+const SHARD_EVENTS: usize = 64;
 
 pub(super) enum Link {
     Single(Single),
