@@ -4,7 +4,7 @@
 //! its node went away) is *stranded* until the room task subscribes it again where its slot
 //! now is.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use futures_util::StreamExt;
@@ -39,7 +39,7 @@ pub(super) struct Sharded {
     /// Each subscribed room, and the node it is subscribed on.
     subscribed: HashMap<Arc<str>, Arc<str>>,
     /// Rooms with members here and no subscription, to subscribe again.
-    stranded: Vec<Arc<str>>,
+    stranded: HashSet<Arc<str>>,
     /// The watcher's looks at the table the room task has followed.
     seen_looks: u64,
     /// From every node's reader; the senders are clones of `events_sender`.
@@ -84,7 +84,7 @@ impl Link {
             cluster,
             shards: HashMap::new(),
             subscribed: HashMap::new(),
-            stranded: Vec::new(),
+            stranded: HashSet::new(),
             seen_looks: 0,
             events,
             events_sender,
@@ -240,7 +240,7 @@ impl Sharded {
             match shard.subscribe(&channel).await {
                 Ok(Ok(())) => {
                     self.subscribed.insert(Arc::clone(room), owner);
-                    self.stranded.retain(|stranded| stranded != room);
+                    self.stranded.remove(room);
                     return Ok(());
                 }
                 Ok(Err(refusal)) if first_try && refusal.starts_with("MOVED") => {
@@ -267,7 +267,7 @@ impl Sharded {
     }
 
     async fn unsubscribe(&mut self, room: &str) {
-        self.stranded.retain(|stranded| &**stranded != room);
+        self.stranded.remove(room);
         let Some(node) = self.subscribed.remove(room) else {
             return;
         };
@@ -318,19 +318,21 @@ impl Sharded {
             .collect();
         for room in moved {
             self.unsubscribe(&room).await;
-            self.stranded.push(room);
+            self.stranded.insert(room);
         }
     }
 
-    /// The rooms to subscribe again, taken.
-    pub(super) fn take_stranded(&mut self) -> Vec<Arc<str>> {
-        std::mem::take(&mut self.stranded)
+    /// Up to `most` of the rooms to subscribe again, taken.
+    pub(super) fn take_stranded(&mut self, most: usize) -> Vec<Arc<str>> {
+        let taken: Vec<Arc<str>> = self.stranded.iter().take(most).cloned().collect();
+        for room in &taken {
+            self.stranded.remove(room);
+        }
+        taken
     }
 
     pub(super) fn strand(&mut self, room: Arc<str>) {
-        if !self.stranded.contains(&room) {
-            self.stranded.push(room);
-        }
+        self.stranded.insert(room);
     }
 
     /// The node gave up a channel: its room is subscribed again where its slot went.

@@ -38,8 +38,10 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 const REAP_EVERY: u64 = 2;
 /// A Redis connection that lasted this long was not flapping.
 const STABLE_AFTER: Duration = Duration::from_secs(5);
-/// How often a cluster's stranded rooms are tried again.
+/// How often a cluster's stranded rooms are tried again...
 const RESETTLE_EVERY: Duration = Duration::from_millis(250);
+/// ...and how many at most in one turn.
+const SETTLE_AT_MOST: usize = 256;
 
 /// Owns the pub/sub connection and the local members of every room.
 pub(super) struct RoomTask {
@@ -195,7 +197,9 @@ impl RoomTask {
         };
         sharded.followed();
         sharded.follow_table().await;
-        for name in sharded.take_stranded() {
+        // A turn is bounded, so that after a failover of a master with many rooms the other
+        // rooms' messages get through between turns.
+        for name in sharded.take_stranded(SETTLE_AT_MOST) {
             if !self.rooms.contains_key(&name) {
                 continue;
             }
@@ -299,8 +303,8 @@ impl RoomTask {
                 Ok(()) => {}
                 Err(error) if !is_outage(&error) => {
                     // A refused read (a script error, memory): the room catches up later.
-                    // On a cluster, a redirection means the table is stale: the next
-                    // sweep learns it again.
+                    // On a cluster, a redirection means the table is stale: the watcher
+                    // learns it again.
                     if let Some(link) = link.sharded_mut()
                         && matches!(error.code(), Some("MOVED" | "ASK"))
                     {
