@@ -299,9 +299,7 @@ impl Inner {
         *reads = Some(connection.clone());
         Ok(connection)
     }
-}
 
-impl Inner {
     /// Drops the connection a read failed on, so the next one connects afresh.
     async fn forget_reader(&self, room: &str) {
         match &self.redis {
