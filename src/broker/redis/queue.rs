@@ -155,7 +155,9 @@ impl HoldQueue {
     }
 
     /// As [`take`](HoldQueue::take), from the rooms `ready` accepts; the others keep their
-    /// turn (on a cluster: rooms whose node is busy or waiting).
+    /// turn (on a cluster: rooms whose node is busy or waiting). A room with publishes
+    /// taken before and not yet settled waits too: its next ones must not overtake them on
+    /// another node, when its slot moved meanwhile.
     pub fn take_where(
         &self,
         max_items: usize,
@@ -166,13 +168,18 @@ impl HoldQueue {
         let mut batch = Vec::new();
         let mut bytes = 0;
         let mut skipped = Vec::new();
+        let mut taking: Vec<Arc<str>> = Vec::new();
         while batch.len() < max_items && bytes < max_bytes {
             let Some(room) = state.turns.pop_front() else {
                 break;
             };
-            if !ready(&room) {
+            let in_flight = state.rooms.get(&room).map_or(0, |queue| queue.in_flight);
+            if !ready(&room) || (in_flight > 0 && !taking.contains(&room)) {
                 skipped.push(room);
                 continue;
+            }
+            if in_flight == 0 {
+                taking.push(Arc::clone(&room));
             }
             let state = &mut *state;
             let Some(queue) = state.rooms.get_mut(&room) else {
@@ -306,8 +313,25 @@ mod tests {
         }
         let batch = queue.take_where(10, usize::MAX, |room| room == "b");
         assert_eq!(messages(&batch), ["b:1"]);
+        queue.settle(&batch[0], true);
         queue.push(held("b", "2")).unwrap();
         assert_eq!(messages(&queue.take(10, usize::MAX)), ["a:1", "c:1", "b:2"]);
+    }
+
+    #[test]
+    fn a_room_with_publishes_in_flight_waits_for_them() {
+        let queue = HoldQueue::new(100, usize::MAX);
+        queue.push(held("r", "1")).unwrap();
+        queue.push(held("r", "2")).unwrap();
+        let first = queue.take(10, usize::MAX);
+        assert_eq!(messages(&first), ["r:1", "r:2"], "one take may send several");
+        queue.push(held("r", "3")).unwrap();
+        queue.push(held("s", "1")).unwrap();
+        assert_eq!(messages(&queue.take(10, usize::MAX)), ["s:1"]);
+        for held in &first {
+            queue.settle(held, true);
+        }
+        assert_eq!(messages(&queue.take(10, usize::MAX)), ["r:3"]);
     }
 
     #[test]

@@ -19,8 +19,9 @@ pub(super) const GAP_ERROR: &str = "ROOMCAST_GAP";
 
 /// Assigns the next seq, appends to the bounded stream and publishes, all or nothing.
 /// Returns `{seq, epoch}`, or `{0, ""}` for a publish applied before (a retry).
-/// KEYS: seq, epoch, log, publishers, bytes, the idempotency key of an API publish, and the
-/// room's origin (the replication id its last write was made under; cluster only).
+/// KEYS: seq, epoch, log, publishers (instance → `<last number> <its epoch>`), bytes, the
+/// idempotency key of an API publish, and the room's origin (the replication id its last
+/// write was made under; cluster only).
 /// ARGV: the frame's prefix and suffix (around the seq), a fresh epoch, history entries,
 /// history bytes, ttl seconds, channel, instance id, this publish's number, the previous
 /// number from this room (0: none pending), 1 when KEYS[6] is in use, and the command that
@@ -53,14 +54,18 @@ if sharded then
     fresh_keys = true
   end
 end
-local last = tonumber(redis.call('HGET', KEYS[4], ARGV[8]) or '0')
+-- This instance's last publish number here, and the epoch it was applied in.
+local recorded = redis.call('HGET', KEYS[4], ARGV[8]) or '0'
+local last = tonumber(string.match(recorded, '^%d+'))
+local last_epoch = string.match(recorded, ' (.*)$')
 local number = tonumber(ARGV[9])
 if number <= last then return {0, ''} end
--- After lost writes the previous number may be among them: waiting for it would be for ever.
-if not lost_writes and last > 0 and tonumber(ARGV[10]) > last then
+local epoch = redis.call('GET', KEYS[2])
+-- The previous publish is waited for only in the epoch this instance last wrote in: after
+-- lost writes (a failover) it may be among them, and waiting would be for ever.
+if not lost_writes and last > 0 and last_epoch == epoch and tonumber(ARGV[10]) > last then
   return redis.error_reply('ROOMCAST_GAP an earlier publish from this room is not applied yet')
 end
-local epoch = redis.call('GET', KEYS[2])
 -- A room without an epoch is new; one that lost its seq (evicted apart) must not count
 -- from 1 again in the same epoch: both start a new one.
 if not epoch or redis.call('EXISTS', KEYS[1]) == 0 then
@@ -96,7 +101,7 @@ if max_entries > 0 then
   end
   if length == 1 then redis.call('SET', KEYS[5], #frame, 'KEEPTTL') end
 end
-redis.call('HSET', KEYS[4], ARGV[8], ARGV[9])
+redis.call('HSET', KEYS[4], ARGV[8], ARGV[9] .. ' ' .. epoch)
 -- One field per instance that ever published here: forget the oldest past a few dozen.
 if redis.call('HLEN', KEYS[4]) > 32 then
   local oldest

@@ -13,7 +13,8 @@ pub struct RoomKeys {
     pub epoch: String,
     /// The capped stream of encoded frames, one entry per seq.
     pub log: String,
-    /// A hash of instance id → the last publish number applied, for exactly-once retries.
+    /// A hash of instance id → the last publish number applied and the epoch it was applied
+    /// in, for exactly-once retries in order.
     pub publishers: String,
     /// Bytes of frames the stream holds, for the per-room byte bound.
     pub log_bytes: String,

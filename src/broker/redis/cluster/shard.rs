@@ -30,6 +30,7 @@ const MAX_BULK: usize = 64 << 20;
 /// What a node's connection reports to the room task.
 pub(in crate::broker::redis) enum ShardEvent {
     Message {
+        node: Arc<str>,
         channel: String,
         payload: Vec<u8>,
     },
@@ -53,6 +54,9 @@ enum Sent {
 }
 
 type Pending = Arc<Mutex<VecDeque<Sent>>>;
+
+/// A subscription's answer to come: `Err` carries the node's refusal (`MOVED …`).
+pub(in crate::broker::redis) type Confirmation = oneshot::Receiver<Result<(), String>>;
 
 pub(in crate::broker::redis) struct ShardLink {
     pub serial: u64,
@@ -101,18 +105,16 @@ impl ShardLink {
         })
     }
 
-    /// Subscribes and waits for the node to confirm; `Err` carries its refusal (`MOVED …`).
-    pub async fn subscribe(&mut self, channel: &str) -> std::io::Result<Result<(), String>> {
+    /// Sends a subscription; the node's answer comes through the [`Confirmation`], after
+    /// whatever the node sent before it.
+    pub async fn subscribe(&mut self, channel: &str) -> std::io::Result<Confirmation> {
         let (confirmed, confirmation) = oneshot::channel();
         self.send(
             Sent::Subscribe(channel.to_string(), confirmed),
             &["SSUBSCRIBE", channel],
         )
         .await?;
-        match within(confirmation).await? {
-            Ok(answer) => Ok(answer),
-            Err(_) => Err(std::io::Error::other("the node's connection closed")),
-        }
+        Ok(confirmation)
     }
 
     pub async fn unsubscribe(&mut self, channel: &str) -> std::io::Result<()> {
@@ -208,10 +210,17 @@ fn take_reply(value: Resp, node: &Arc<str>, pending: &Pending) -> Option<Result<
                 third,
             )
         }
+        // A node answers a PING with +PONG once the connection holds no channel (its last
+        // slot moved away): the link is fine.
+        Resp::Other if matches!(pending.front(), Some(Sent::Ping)) => {
+            pending.pop_front();
+            return None;
+        }
         _ => return Some(Err(())),
     };
     match (kind.as_slice(), pending.front()) {
         (b"smessage", _) => Some(Ok(ShardEvent::Message {
+            node: Arc::clone(node),
             channel,
             payload: payload.unwrap_or_default(),
         })),
@@ -284,8 +293,9 @@ async fn read_line(reader: &mut BufReader<OwnedReadHalf>) -> std::io::Result<Str
         return Err(std::io::ErrorKind::UnexpectedEof.into());
     }
     let line = line.strip_suffix(b"\r\n").ok_or_else(malformed)?;
+    // Every RESP line starts with an ASCII type byte, which the parsers split off.
     match String::from_utf8(line.to_vec()) {
-        Ok(line) if !line.is_empty() => Ok(line),
+        Ok(line) if line.as_bytes().first().is_some_and(u8::is_ascii) => Ok(line),
         _ => Err(malformed()),
     }
 }
@@ -387,5 +397,8 @@ mod tests {
             take_reply(array(&["pong", ""]), &node, &pending),
             Some(Err(()))
         ));
+        // Out of pub/sub mode (no channel left), a node answers PING with +PONG.
+        pending.lock().unwrap().push_back(Sent::Ping);
+        assert!(take_reply(Resp::Other, &node, &pending).is_none());
     }
 }

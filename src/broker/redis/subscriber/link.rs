@@ -4,16 +4,16 @@
 //! its node went away) is *stranded* until the room task subscribes it again where its slot
 //! now is.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use futures_util::StreamExt;
 use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use redis::{Client, RedisError, RedisResult, Value};
 use tokio::sync::mpsc;
-use tokio::time::timeout;
+use tokio::time::{sleep, timeout};
 
-use crate::broker::redis::cluster::shard::{ShardEvent, ShardLink};
+use crate::broker::redis::cluster::shard::{Confirmation, ShardEvent, ShardLink};
 use crate::broker::redis::cluster::{Cluster, no_owner};
 use crate::broker::redis::{REDIS_TIMEOUT, connect, wire};
 
@@ -21,6 +21,8 @@ use crate::broker::redis::{REDIS_TIMEOUT, connect, wire};
 /// past this, each node's reader waits, the kernel's socket buffer fills, and Redis holds
 /// the rest (cutting the connection past `client-output-buffer-limit pubsub`).
 const SHARD_EVENTS: usize = 64;
+/// Messages set aside while a subscription is confirmed, in payload bytes.
+const SET_ASIDE_BYTES: usize = 4 << 20;
 
 pub(super) enum Link {
     Single(Single),
@@ -44,6 +46,9 @@ pub(super) struct Sharded {
     seen_looks: u64,
     /// From every node's reader; the senders are clones of `events_sender`.
     events: mpsc::Receiver<ShardEvent>,
+    /// Events taken out while a subscription was confirmed, and their payloads' bytes.
+    set_aside: VecDeque<ShardEvent>,
+    set_aside_bytes: usize,
     events_sender: mpsc::Sender<ShardEvent>,
     /// Numbers each node connection, so a late report from a replaced one is ignored.
     serials: u64,
@@ -87,6 +92,8 @@ impl Link {
             stranded: HashSet::new(),
             seen_looks: 0,
             events,
+            set_aside: VecDeque::new(),
+            set_aside_bytes: 0,
             events_sender,
             serials: 0,
         }))
@@ -155,10 +162,19 @@ impl Link {
                 Some(message) => Incoming::Message(message),
                 None => Incoming::Closed,
             },
-            Link::Sharded(link) => match link.events.recv().await {
-                Some(ShardEvent::Message { channel, payload }) => {
-                    Incoming::Shard { channel, payload }
-                }
+            Link::Sharded(link) => match link.next_event().await {
+                // Only from the node the room is subscribed on now: a message still on its
+                // way from the node it left is old news (the stream fills any gap).
+                Some(ShardEvent::Message {
+                    node,
+                    channel,
+                    payload,
+                }) => match wire::room_of(&channel) {
+                    Some(room) if link.subscribed.get(room) == Some(&node) => {
+                        Incoming::Shard { channel, payload }
+                    }
+                    _ => Incoming::Handled,
+                },
                 Some(ShardEvent::Dropped { node, channel }) => {
                     link.dropped(&node, &channel);
                     Incoming::Handled
@@ -237,7 +253,11 @@ impl Sharded {
         // watcher learns the new table meanwhile.
         for first_try in [true, false] {
             let shard = self.shard(&owner).await?;
-            match shard.subscribe(&channel).await {
+            let answer = match shard.subscribe(&channel).await {
+                Ok(confirmation) => self.confirmed(confirmation).await,
+                Err(error) => Err(error),
+            };
+            match answer {
                 Ok(Ok(())) => {
                     self.subscribed.insert(Arc::clone(room), owner);
                     self.stranded.remove(room);
@@ -264,6 +284,41 @@ impl Sharded {
             }
         }
         Err(no_owner())
+    }
+
+    /// Waits for a subscription's answer. The node's reader may be waiting for room in the
+    /// events queue, behind messages only this task takes out: they are set aside meanwhile,
+    /// up to [`SET_ASIDE_BYTES`], and served first afterwards.
+    async fn confirmed(&mut self, confirmation: Confirmation) -> std::io::Result<Result<(), String>> {
+        let deadline = sleep(REDIS_TIMEOUT);
+        tokio::pin!(deadline, confirmation);
+        loop {
+            tokio::select! {
+                answer = &mut confirmation => {
+                    return answer.map_err(|_| std::io::Error::other("the node's connection closed"));
+                }
+                Some(event) = self.events.recv(), if self.set_aside_bytes < SET_ASIDE_BYTES => {
+                    if let ShardEvent::Message { payload, .. } = &event {
+                        self.set_aside_bytes += payload.len();
+                    }
+                    self.set_aside.push_back(event);
+                }
+                _ = &mut deadline => return Err(std::io::ErrorKind::TimedOut.into()),
+            }
+        }
+    }
+
+    /// The next event: first those set aside while a subscription was confirmed.
+    async fn next_event(&mut self) -> Option<ShardEvent> {
+        match self.set_aside.pop_front() {
+            Some(event) => {
+                if let ShardEvent::Message { payload, .. } = &event {
+                    self.set_aside_bytes -= payload.len();
+                }
+                Some(event)
+            }
+            None => self.events.recv().await,
+        }
     }
 
     async fn unsubscribe(&mut self, room: &str) {
