@@ -324,7 +324,11 @@ mod tests {
         queue.push(held("r", "1")).unwrap();
         queue.push(held("r", "2")).unwrap();
         let first = queue.take(10, usize::MAX);
-        assert_eq!(messages(&first), ["r:1", "r:2"], "one take may send several");
+        assert_eq!(
+            messages(&first),
+            ["r:1", "r:2"],
+            "one take may send several"
+        );
         queue.push(held("r", "3")).unwrap();
         queue.push(held("s", "1")).unwrap();
         assert_eq!(messages(&queue.take(10, usize::MAX)), ["s:1"]);

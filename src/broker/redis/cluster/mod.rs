@@ -144,6 +144,10 @@ impl Cluster {
             }
             asked.push(Arc::clone(&node));
             match self.slots_from(&node).await {
+                // A node that serves no slot (new, or reset) knows nothing worth taking.
+                Ok(map) if map.masters().is_empty() => {
+                    last_error = Some(std::io::Error::other("a node that serves no slot").into());
+                }
                 Ok(map) => {
                     let map = Arc::new(map);
                     *self.map.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&map));
@@ -304,7 +308,10 @@ impl Cluster {
     pub(super) fn client(&self, node: &str) -> RedisResult<Client> {
         let (host, port) = node
             .rsplit_once(':')
-            .and_then(|(host, port)| Some((host.to_string(), port.parse().ok()?)))
+            .and_then(|(host, port)| {
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                Some((host.to_string(), port.parse().ok()?))
+            })
             .ok_or_else(|| std::io::Error::other("a node address without a port"))?;
         let template: &ConnectionInfo = self.seeds[0].get_connection_info();
         Client::open(template.clone().set_addr(ConnectionAddr::Tcp(host, port)))

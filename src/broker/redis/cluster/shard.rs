@@ -35,15 +35,9 @@ pub(in crate::broker::redis) enum ShardEvent {
         payload: Vec<u8>,
     },
     /// The node stopped serving this channel unasked: its slot moved.
-    Dropped {
-        node: Arc<str>,
-        channel: String,
-    },
+    Dropped { node: Arc<str>, channel: String },
     /// The connection broke or went silent; `serial` names which one.
-    Lost {
-        node: Arc<str>,
-        serial: u64,
-    },
+    Lost { node: Arc<str>, serial: u64 },
 }
 
 /// A command sent and not yet answered.

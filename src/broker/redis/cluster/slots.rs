@@ -109,6 +109,10 @@ fn node_address(entry: Value, asked: &str) -> Option<Arc<str>> {
         "" | "?" => asked.rsplit_once(':')?.0.to_string(),
         _ => host,
     };
+    // An IPv6 address in brackets, so that `host:port` parses back.
+    if host.contains(':') && !host.starts_with('[') {
+        return Some(Arc::from(format!("[{host}]:{port}")));
+    }
     Some(Arc::from(format!("{host}:{port}")))
 }
 
@@ -150,6 +154,8 @@ mod tests {
         assert!(map.is_complete());
         assert_eq!(map.masters().len(), 2);
         assert_eq!(map.replicas().len(), 1, "{:?}", map.replicas());
+        let ipv6 = SlotMap::parse(Value::Array(vec![range(0, 16383, "::1", 7000)]), "h:1");
+        assert_eq!(ipv6.unwrap().owner(5).map(|a| &**a), Some("[::1]:7000"));
         let partial = Value::Array(vec![range(0, 10, "h", 1)]);
         assert!(!SlotMap::parse(partial, "h:1").unwrap().is_complete());
         assert!(SlotMap::parse(Value::Nil, "h:1").is_none());

@@ -289,7 +289,10 @@ impl Sharded {
     /// Waits for a subscription's answer. The node's reader may be waiting for room in the
     /// events queue, behind messages only this task takes out: they are set aside meanwhile,
     /// up to [`SET_ASIDE_BYTES`], and served first afterwards.
-    async fn confirmed(&mut self, confirmation: Confirmation) -> std::io::Result<Result<(), String>> {
+    async fn confirmed(
+        &mut self,
+        confirmation: Confirmation,
+    ) -> std::io::Result<Result<(), String>> {
         let deadline = sleep(REDIS_TIMEOUT);
         tokio::pin!(deadline, confirmation);
         loop {
