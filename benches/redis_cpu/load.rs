@@ -11,9 +11,8 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use testkit::metrics;
+use testkit::bench::{client_config, wait_for_websockets};
 use testkit::ws::{TunedWs as Ws, connect_tuned};
 
 /// Members per room: one on each of the two instances.
@@ -237,36 +236,4 @@ async fn count(
         }
     }
     ended.fetch_add(1, Ordering::Relaxed);
-}
-
-/// A chat-sized read buffer: tungstenite zero-fills it before every read.
-fn client_config() -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(2 * 1024)
-        .write_buffer_size(16 * 1024)
-}
-
-/// Waits until the instances' `roomcast_websockets_open` add up to `want`.
-async fn wait_for_websockets(addrs: &[SocketAddr], want: u64) -> Result<(), String> {
-    let started = Instant::now();
-    loop {
-        let addrs = addrs.to_vec();
-        let open = tokio::task::spawn_blocking(move || {
-            addrs
-                .iter()
-                .map(|addr| metrics::read_blocking(*addr, "roomcast_websockets_open").unwrap_or(0))
-                .sum::<u64>()
-        })
-        .await
-        .unwrap_or(0);
-        if open == want {
-            return Ok(());
-        }
-        if started.elapsed() > Duration::from_secs(10) {
-            return Err(format!(
-                "roomcast_websockets_open stayed at {open}, expected {want}"
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }

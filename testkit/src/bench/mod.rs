@@ -1,14 +1,16 @@
-//! What only the benchmark programs need: [`Args`], the machine they run on, statistics and
-//! the tables they print.
+//! What only the benchmark programs need: [`Args`], the machine they run on, their clients'
+//! settings, statistics and the tables they print.
 //!
 //! Benchmarks only ever talk to 127.0.0.1 and only stop processes they started, by PID.
 
 mod args;
+mod clients;
 mod machine;
 mod report;
 mod stats;
 
 pub use args::Args;
+pub use clients::{client_config, wait_for_websockets};
 pub use machine::{cores, has_command, pin_self, raise_nofile};
 pub use report::{count, ms, print_binary, print_machine, print_table, print_table_with};
 pub use stats::{Histogram, percentile};
