@@ -24,8 +24,9 @@ use redis::{Client, ConnectionAddr, ConnectionInfo, RedisError, RedisResult, Val
 use tokio::sync::{Mutex as AsyncMutex, Notify, watch};
 use tokio::time::{Instant, sleep, timeout};
 
-use super::{REDIS_TIMEOUT, connect, next_backoff, stopping, wire};
-pub(super) use slots::{SlotMap, key_slot};
+use super::{REDIS_TIMEOUT, connect, next_backoff, stopping};
+pub(super) use slots::SlotMap;
+use slots::room_slot;
 
 /// A refresh asked for within this long of the last one reuses its answer, so a burst of
 /// `MOVED` replies costs one `CLUSTER SLOTS`.
@@ -115,8 +116,7 @@ impl Cluster {
 
     /// The node that owns `room`'s slot, as far as the table knows.
     pub(super) fn owner(&self, room: &str) -> Option<Arc<str>> {
-        let slot = key_slot(&wire::channel(room));
-        self.map()?.owner(slot).cloned()
+        self.map()?.owner(room_slot(room)).cloned()
     }
 
     /// Asks the known nodes, then the seeds, for the slot table; the first answer wins.
@@ -245,9 +245,12 @@ impl Cluster {
     /// `items` grouped by the node that owns each one's room, in their order; `None` groups
     /// the rooms whose slot has no master now.
     pub(super) fn by_owner<T>(&self, items: Vec<T>, room: impl Fn(&T) -> &str) -> ByOwner<T> {
+        let map = self.map();
         let mut groups: ByOwner<T> = Vec::new();
         for item in items {
-            let owner = self.owner(room(&item));
+            let owner = map
+                .as_ref()
+                .and_then(|map| map.owner(room_slot(room(&item))).cloned());
             match groups.iter_mut().find(|(node, _)| *node == owner) {
                 Some((_, group)) => group.push(item),
                 None => groups.push((owner, vec![item])),

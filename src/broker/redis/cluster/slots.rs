@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use redis::Value;
 
+use crate::broker::redis::wire;
+
 /// Redis Cluster's number of hash slots.
 pub const SLOTS: usize = 16384;
 
@@ -16,7 +18,21 @@ pub fn key_slot(key: &str) -> u16 {
         let close = bytes[open + 1..].iter().position(|b| *b == b'}')?;
         (close > 0).then(|| &bytes[open + 1..open + 1 + close])
     });
-    (crc16(tagged.unwrap_or(bytes)) as usize % SLOTS) as u16
+    slot_of_bytes(tagged.unwrap_or(bytes))
+}
+
+/// The slot of every key and of the channel of `room` (`roomcast:room:{<room>}…`), without
+/// building one: their hash tag is the room's name. Room names hold no `}`; one that did
+/// would end the tag early, as Redis reads it.
+pub fn room_slot(room: &str) -> u16 {
+    match room.split('}').next() {
+        Some(tag) if !tag.is_empty() => slot_of_bytes(tag.as_bytes()),
+        _ => key_slot(&wire::channel(room)),
+    }
+}
+
+fn slot_of_bytes(bytes: &[u8]) -> u16 {
+    (crc16(bytes) as usize % SLOTS) as u16
 }
 
 fn crc16(bytes: &[u8]) -> u16 {
@@ -132,6 +148,14 @@ mod tests {
         assert_eq!(key_slot("roomcast:room:{x}:seq"), key_slot("{x}"));
         assert_eq!(key_slot("a{}b"), key_slot("a{}b"));
         assert_ne!(key_slot("a{}b"), key_slot(""));
+    }
+
+    #[test]
+    fn a_room_slot_is_its_channel_slot() {
+        for room in ["lobby", "x", "a.b-c_9", "ab}c", "}x", "room{1}"] {
+            let channel = wire::channel(room);
+            assert_eq!(room_slot(room), key_slot(&channel), "{room}");
+        }
     }
 
     #[test]
