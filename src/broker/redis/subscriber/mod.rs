@@ -28,6 +28,7 @@ use crate::broker::{
 use crate::log;
 
 mod link;
+mod resettle;
 mod upkeep;
 
 use link::{Incoming, Link};
@@ -38,10 +39,9 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 const REAP_EVERY: u64 = 2;
 /// A Redis connection that lasted this long was not flapping.
 const STABLE_AFTER: Duration = Duration::from_secs(5);
-/// How often a cluster's stranded rooms are tried again...
+/// How often a cluster's stranded rooms are tried again (at most [`resettle::SETTLE_AT_MOST`]
+/// a turn).
 const RESETTLE_EVERY: Duration = Duration::from_millis(250);
-/// ...and how many at most in one turn.
-const SETTLE_AT_MOST: usize = 256;
 
 /// Owns the pub/sub connection and the local members of every room.
 pub(super) struct RoomTask {
@@ -165,55 +165,6 @@ impl RoomTask {
         let mut commands = link.commands(name).await?;
         let state = scripts::room_state(&mut commands, &self.inner, name).await?;
         self.catch_up(link, name, &state.epoch, state.seq).await
-    }
-
-    /// Readiness follows whether the cluster link is whole; a change is logged once.
-    fn note_whole(&mut self, link: &Link) {
-        let whole = link.is_whole();
-        self.inner.set_up(&self.inner.pubsub_up, whole);
-        // Before the cluster's first look nothing is known yet: not a fault to report.
-        if whole != self.whole && link.has_looked() {
-            self.whole = whole;
-            if whole {
-                log::info(
-                    "redis cluster reachable again",
-                    json!({ "rooms": self.rooms.len() }),
-                );
-            } else {
-                log::warn(
-                    "redis cluster not fully reachable",
-                    json!({ "rooms": self.rooms.len() }),
-                );
-            }
-        }
-    }
-
-    /// On a cluster, after the watcher's look at the table: strands the rooms whose slot
-    /// moved, and settles every stranded room where its slot now is. One that fails stays
-    /// stranded for the next turn; meanwhile `/readyz` says the instance is not whole.
-    async fn resettle(&mut self, link: &mut Link) {
-        let Some(sharded) = link.sharded_mut() else {
-            return;
-        };
-        sharded.followed();
-        sharded.follow_table().await;
-        // A turn is bounded, so that after a failover of a master with many rooms the other
-        // rooms' messages get through between turns.
-        for name in sharded.take_stranded(SETTLE_AT_MOST) {
-            if !self.rooms.contains_key(&name) {
-                continue;
-            }
-            if let Err(error) = self.settle_room(link, &name).await {
-                log::debug(
-                    "redis cluster room not settled yet",
-                    json!({ "room": &*name, "error": log::cut(&error.to_string()) }),
-                );
-                if let Some(sharded) = link.sharded_mut() {
-                    sharded.strand(name);
-                }
-            }
-        }
-        self.note_whole(link);
     }
 
     /// While Redis is away: wait out the backoff, refusing joins and taking leaves.
